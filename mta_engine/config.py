@@ -1,0 +1,230 @@
+"""Configuration: TOML file -> frozen, typed config. All defaults live here, in one place.
+
+Contract: ``load(path)`` returns a ``Config`` or raises ``ConfigError`` whose message names the
+offending key and the file. No I/O beyond reading the file; nothing here starts processes or
+opens sockets. Every key is documented in docs/configuration.md (kept in sync by a test).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import socket
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, get_args, get_origin, get_type_hints
+
+from .errors import ConfigError
+
+
+@dataclass(frozen=True)
+class SpoolConfig:
+    path: str = "var/spool"
+    map_size_mb: int = 16384
+    """LMDB map size (sparse file; the upper bound of the spool, not what it uses)."""
+
+
+@dataclass(frozen=True)
+class HttpConfig:
+    listen: str = "127.0.0.1:8000"
+    max_request_mb: int = 256
+    commit_batch_max: int = 256
+    """At most this many submissions share one synced LMDB commit (group commit)."""
+
+
+@dataclass(frozen=True)
+class ControlConfig:
+    socket: str = "var/control.sock"
+
+
+@dataclass(frozen=True)
+class DnsConfig:
+    nameservers: list[str] = field(default_factory=list)
+    """Empty: use /etc/resolv.conf."""
+    port: int = 53
+    timeout_s: float = 5.0
+
+
+@dataclass(frozen=True)
+class DeliveryConfig:
+    workers: int = 0
+    """0 = one worker process per CPU core."""
+    ehlo_name: str = ""
+    """Empty: this host's FQDN."""
+    port: int = 25
+    """TCP port used to reach MX hosts (25 on the internet; tests point it at a sink)."""
+    max_recipients_per_transaction: int = 100
+    max_connections_per_site: int = 20
+    max_messages_per_connection: int = 100
+    idle_timeout_s: float = 10.0
+    max_mx_hosts_per_attempt: int = 5
+    connect_timeout_s: float = 30.0
+    greeting_timeout_s: float = 300.0
+    ehlo_timeout_s: float = 300.0
+    mail_timeout_s: float = 300.0
+    rcpt_timeout_s: float = 300.0
+    data_timeout_s: float = 120.0
+    block_timeout_s: float = 180.0
+    final_timeout_s: float = 600.0
+    quit_timeout_s: float = 10.0
+
+
+@dataclass(frozen=True)
+class QueueConfig:
+    retry_intervals_s: list[float] = field(default_factory=lambda: [300.0, 600.0, 1200.0, 2400.0, 3600.0])
+    """Delay before retry n (1-based); the last value repeats."""
+    max_age_s: float = 5 * 86400.0
+    lease_s: float = 1200.0
+    """A dispatched recipient whose outcome never comes back is retried after this long."""
+    tick_s: float = 0.02
+    max_inflight_per_worker: int = 20000
+    """Recipients leased to one worker at once."""
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    accounting: str = "var/accounting.jsonl"
+    """File path, or "-" for stderr."""
+    level: str = "info"
+    format: str = "json"
+
+
+@dataclass(frozen=True)
+class Config:
+    spool: SpoolConfig = field(default_factory=SpoolConfig)
+    http: HttpConfig = field(default_factory=HttpConfig)
+    control: ControlConfig = field(default_factory=ControlConfig)
+    dns: DnsConfig = field(default_factory=DnsConfig)
+    delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
+    queue: QueueConfig = field(default_factory=QueueConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    source: str = "<defaults>"
+
+    @property
+    def worker_count(self) -> int:
+        return self.delivery.workers or (os.cpu_count() or 1)
+
+    @property
+    def ipc_path(self) -> str:
+        """Manager <-> worker socket, next to the control socket."""
+        return os.path.join(os.path.dirname(self.control.socket) or ".", "ipc.sock")
+
+    @property
+    def ehlo_name(self) -> str:
+        return self.delivery.ehlo_name or socket.getfqdn() or "localhost"
+
+
+_SECTION_TYPES = {
+    "spool": SpoolConfig, "http": HttpConfig, "control": ControlConfig, "dns": DnsConfig,
+    "delivery": DeliveryConfig, "queue": QueueConfig, "log": LogConfig,
+}
+
+
+def _check_value(where: str, value: Any, annotation: Any) -> Any:
+    origin = get_origin(annotation)
+    if origin is list:
+        (item_type,) = get_args(annotation)
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected a list, got {type(value).__name__}")
+        return [_check_value(f"{where}[{i}]", v, item_type) for i, v in enumerate(value)]
+    if annotation is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if annotation is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if annotation is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return value
+    if annotation is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true or false, got {value!r}")
+        return value
+    raise ConfigError(f"{where}: unsupported type {annotation!r}")  # pragma: no cover
+
+
+def _validate(cfg: Config) -> None:
+    def bad(key: str, why: str) -> ConfigError:
+        return ConfigError(f"{cfg.source}: {key}: {why}")
+
+    for key, hostport in (("http.listen", cfg.http.listen),):
+        host, _, port = hostport.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise bad(key, f"expected \"host:port\", got {hostport!r}")
+    if not 0 < cfg.dns.port < 65536:
+        raise bad("dns.port", f"expected a port 1-65535, got {cfg.dns.port}")
+    if not 0 < cfg.delivery.port < 65536:
+        raise bad("delivery.port", f"expected a port 1-65535, got {cfg.delivery.port}")
+    if cfg.delivery.workers < 0:
+        raise bad("delivery.workers", "must be >= 0 (0 = one per core)")
+    if not 1 <= cfg.delivery.max_recipients_per_transaction <= 10000:
+        raise bad("delivery.max_recipients_per_transaction", "must be between 1 and 10000")
+    for name in ("max_connections_per_site", "max_messages_per_connection", "max_mx_hosts_per_attempt"):
+        if getattr(cfg.delivery, name) < 1:
+            raise bad(f"delivery.{name}", "must be >= 1")
+    if not cfg.queue.retry_intervals_s or any(v <= 0 for v in cfg.queue.retry_intervals_s):
+        raise bad("queue.retry_intervals_s", "must be a non-empty list of positive numbers")
+    if cfg.queue.max_age_s <= 0:
+        raise bad("queue.max_age_s", "must be positive")
+    if cfg.log.level not in ("debug", "info", "warning", "error"):
+        raise bad("log.level", "must be one of debug, info, warning, error")
+    if cfg.log.format not in ("json", "console"):
+        raise bad("log.format", "must be json or console")
+    import ipaddress
+
+    for i, ns in enumerate(cfg.dns.nameservers):
+        try:
+            ipaddress.ip_address(ns)
+        except ValueError:
+            raise bad(f"dns.nameservers[{i}]", f"expected an IP address, got {ns!r}") from None
+
+
+def from_dict(data: dict[str, Any], source: str = "<dict>") -> Config:
+    """Build a Config from parsed TOML, rejecting unknown keys and bad values."""
+    sections: dict[str, Any] = {}
+    for name, body in data.items():
+        section_type = _SECTION_TYPES.get(name)
+        if section_type is None:
+            raise ConfigError(f"{source}: unknown section [{name}] (known: {', '.join(_SECTION_TYPES)})")
+        if not isinstance(body, dict):
+            raise ConfigError(f"{source}: [{name}] must be a table")
+        hints = get_type_hints(section_type)
+        kwargs = {}
+        for key, value in body.items():
+            if key not in hints:
+                raise ConfigError(
+                    f"{source}: unknown key {name}.{key} (known in [{name}]: {', '.join(hints)})"
+                )
+            try:
+                kwargs[key] = _check_value(f"{name}.{key}", value, hints[key])
+            except ConfigError as exc:
+                raise ConfigError(f"{source}: {exc}") from None
+        sections[name] = section_type(**kwargs)
+    cfg = Config(**sections, source=source)
+    _validate(cfg)
+    return cfg
+
+
+def load(path: str | os.PathLike[str] | None) -> Config:
+    """Load a TOML config file; ``None`` gives the embedded defaults."""
+    if path is None:
+        return Config()
+    p = Path(path)
+    try:
+        data = tomllib.loads(p.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{p}: config file not found") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{p}: not valid TOML: {exc}") from None
+    return from_dict(data, source=str(p))
+
+
+def to_dict(cfg: Config) -> dict[str, Any]:
+    """The effective config as plain data (for `mta-engine config` and child processes)."""
+    out = dataclasses.asdict(cfg)
+    out.pop("source")
+    return out

@@ -1,0 +1,1 @@
+"""The control socket: operate a running engine (status, shutdown, ...)."""

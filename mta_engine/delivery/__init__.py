@@ -1,0 +1,1 @@
+"""Delivery: the asyncio SMTP session driver and connection-reuse bookkeeping."""

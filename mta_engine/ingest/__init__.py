@@ -1,0 +1,1 @@
+"""Ingest: accepts submissions and commits them durably to the spool."""

@@ -1,0 +1,1 @@
+"""Observability: operational logs (structlog) and the accounting log."""

@@ -1,0 +1,1 @@
+"""Process entry points (composition roots): supervisor, ingest, manager, worker."""

@@ -1,0 +1,75 @@
+"""Manager process main: spool (read-write), scheduler loop, IPC server, control socket."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from typing import Any
+
+import structlog
+
+from ..config import Config
+from ..control.server import serve as serve_control
+from ..obs.accounting import AccountingLog
+from ..routing.resolver import Resolver
+from ..sched.manager import Manager
+from ..spool.store import Spool
+from .ipc import FrameProtocol
+
+log = structlog.get_logger("manager")
+
+
+async def manager_main(cfg: Config) -> int:
+    loop = asyncio.get_running_loop()
+    spool = Spool(cfg.spool.path, map_size_mb=cfg.spool.map_size_mb)
+    resolver = Resolver(cfg.dns.nameservers or None, port=cfg.dns.port, timeout_s=cfg.dns.timeout_s)
+    acct = AccountingLog(cfg.log.accounting)
+    mgr = Manager(cfg, spool, resolver, acct)
+    mgr.recover()
+    supervisor_pid = int(os.environ.get("MTA_SUPERVISOR_PID", "0"))
+
+    async def status(req: dict[str, Any]) -> dict[str, Any]:
+        return {"status": mgr.status()}
+
+    async def shutdown(req: dict[str, Any]) -> dict[str, Any]:
+        if supervisor_pid:
+            os.kill(supervisor_pid, signal.SIGTERM)
+        else:
+            mgr.drain()
+        return {"message": "shutdown started: draining in-flight deliveries"}
+
+    ipc_path = cfg.ipc_path
+    if os.path.exists(ipc_path):
+        os.unlink(ipc_path)
+    old = os.umask(0o177)
+    try:
+        ipc = await loop.create_unix_server(lambda: FrameProtocol(mgr.on_frame, mgr.on_lost), ipc_path)
+    finally:
+        os.umask(old)
+    control = await serve_control(cfg.control.socket, {"status": status, "shutdown": shutdown})
+    loop.add_signal_handler(signal.SIGTERM, mgr.drain)
+    loop.add_signal_handler(signal.SIGINT, lambda: None)
+    log.info("manager_started", pid=os.getpid(), spool=cfg.spool.path, control=cfg.control.socket,
+             workers=cfg.worker_count)
+    await mgr.run()
+    ipc.close()
+    control.close()
+    acct.close()
+    spool.close()
+    for path in (ipc_path, cfg.control.socket):
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+    log.info("manager_stopped", **mgr.status()["since_start"])
+    return 0
+
+
+def main(cfg: Config) -> int:
+    from ..obs.log import configure
+
+    configure(cfg, role="manager")
+    import uvloop
+
+    return uvloop.run(manager_main(cfg))

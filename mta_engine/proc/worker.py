@@ -1,0 +1,339 @@
+"""Worker process: receives delivery jobs, speaks SMTP, reports one outcome per recipient.
+
+Contract: network-facing and stateless. Decides nothing about a recipient's fate: it reports
+replies (or locally made transient outcomes) and the manager decides. Opens the spool read-only
+to read bodies. Renders template bodies per recipient at delivery time (merge at delivery).
+Keeps, per site, up to ``max_connections_per_site`` runners; each runner holds one session and
+reuses it for the site's next job (RSET between transactions); idle sessions wait in a pool keyed
+by endpoint until ``idle_timeout_s``. If the manager goes away the worker exits (the manager
+re-queues whatever it had leased to us).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import signal
+import sys
+import time
+from collections import OrderedDict, deque
+from typing import Any
+
+import structlog
+
+from ..config import Config
+from ..delivery.outcome import Outcome, error_text, local_failure, transaction_outcomes
+from ..delivery.pool import ConnectionPool, Endpoint
+from ..delivery.session import SessionRefused, SmtpSession, SmtpTimeouts
+from ..errors import DnsError, MtaError, SpoolCorrupt
+from ..routing.mx import MxHost, order_mx
+from ..routing.resolver import Resolver
+from ..smtp.body import data_payload
+from ..spool import records
+from ..spool.store import Spool
+from ..template.render import MessageTemplate
+from .ipc import FrameProtocol
+
+log = structlog.get_logger("worker")
+
+FLUSH_S = 0.005
+FLUSH_ITEMS = 512
+BODY_CACHE = 2048
+
+
+class Body:
+    __slots__ = ("template", "shared_payload")
+
+    def __init__(self, template: MessageTemplate) -> None:
+        self.template = template
+        self.shared_payload: bytes | None = None
+
+
+class SiteQueue:
+    __slots__ = ("site", "jobs", "runners")
+
+    def __init__(self, site: str) -> None:
+        self.site = site
+        self.jobs: deque[dict[str, Any]] = deque()
+        self.runners = 0
+
+
+class Worker:
+    def __init__(self, cfg: Config, shard: int, spool: Spool, resolver: Resolver) -> None:
+        self.cfg = cfg
+        self.shard = shard
+        self.spool = spool
+        self.resolver = resolver
+        d = cfg.delivery
+        self.timeouts = SmtpTimeouts(connect_s=d.connect_timeout_s, greeting_s=d.greeting_timeout_s,
+                                     ehlo_s=d.ehlo_timeout_s, mail_s=d.mail_timeout_s, rcpt_s=d.rcpt_timeout_s,
+                                     data_s=d.data_timeout_s, block_s=d.block_timeout_s, final_s=d.final_timeout_s,
+                                     quit_s=d.quit_timeout_s)
+        self.pool = ConnectionPool(idle_timeout_s=d.idle_timeout_s,
+                                   max_messages_per_connection=d.max_messages_per_connection)
+        self.ehlo_name = cfg.ehlo_name
+        self.sites: dict[str, SiteQueue] = {}
+        self.bodies: OrderedDict[int, Body] = OrderedDict()
+        self.rng = random.Random()
+        self.link: FrameProtocol | None = None
+        self._out: list[dict[str, Any]] = []
+        self._flush_handle: asyncio.TimerHandle | None = None
+        self.draining = False
+        self.done = asyncio.Event()
+        self.active = 0
+
+    def __repr__(self) -> str:
+        return f"<Worker shard={self.shard} sites={len(self.sites)} active={self.active} pool={self.pool!r}>"
+
+    # -- IPC ------------------------------------------------------------------------------------
+    def on_frame(self, proto: FrameProtocol, frame: dict[str, Any]) -> None:
+        t = frame.get("t")
+        if t == "jobs":
+            for job in frame["items"]:
+                self.enqueue(job)
+        elif t == "drain":
+            self.drain()
+
+    def on_lost(self, proto: FrameProtocol, exc: Exception | None) -> None:
+        self.link = None
+        if not self.done.is_set():
+            log.warning("manager_lost", shard=self.shard)
+            self.done.set()
+
+    def report(self, job: dict[str, Any], results: list[Outcome], mx: str | None = None, ip: str | None = None) -> None:
+        self._out.append({"id": job["id"], "results": results, "mx": mx, "ip": ip})
+        if len(self._out) >= FLUSH_ITEMS:
+            self.flush()
+        elif self._flush_handle is None:
+            self._flush_handle = asyncio.get_running_loop().call_later(FLUSH_S, self.flush)
+
+    def flush(self) -> None:
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush_handle = None
+        if self._out and self.link is not None:
+            self.link.send({"t": "outcomes", "items": self._out})
+        self._out = []
+
+    # -- scheduling -----------------------------------------------------------------------------
+    def enqueue(self, job: dict[str, Any]) -> None:
+        if self.draining:
+            self.report(job, [(r[0], 0, None, "returned: worker draining", "queue", False) for r in job["rcpts"]])
+            return
+        sq = self.sites.get(job["site"])
+        if sq is None:
+            sq = self.sites[job["site"]] = SiteQueue(job["site"])
+        sq.jobs.append(job)
+        if sq.runners < self.cfg.delivery.max_connections_per_site and sq.runners < len(sq.jobs):
+            sq.runners += 1
+            asyncio.get_running_loop().create_task(self.run_site(sq))
+
+    async def run_site(self, sq: SiteQueue) -> None:
+        session: SmtpSession | None = None
+        endpoint: Endpoint | None = None
+        try:
+            while sq.jobs and not self.draining:
+                job = sq.jobs.popleft()
+                self.active += 1
+                try:
+                    session, endpoint = await self.deliver(job, session, endpoint)
+                except Exception as exc:  # a bug must cost a deferral, never a lost recipient
+                    log.exception("job_failed", site=sq.site, error=repr(exc))
+                    self.report(job, local_failure([r[0] for r in job["rcpts"]], 451, "4.3.0",
+                                                   f"internal error: {exc!r}", "worker"))
+                    if session is not None:
+                        session.abort()
+                    session = None
+                finally:
+                    self.active -= 1
+        finally:
+            sq.runners -= 1
+            if session is not None and endpoint is not None:
+                for s in self.pool.put(session, endpoint, time.monotonic()):
+                    asyncio.get_running_loop().create_task(s.close())
+            if not sq.jobs and sq.runners == 0:
+                self.sites.pop(sq.site, None)
+            if self.draining and self.active == 0:
+                self._maybe_drained()
+
+    # -- one job ---------------------------------------------------------------------------------
+    def body(self, msg_id: int) -> Body:
+        b = self.bodies.get(msg_id)
+        if b is not None:
+            self.bodies.move_to_end(msg_id)
+            return b
+        with self.spool.read() as txn:
+            raw = txn.get(records.u64(msg_id), db=self.spool.dbs["body"])
+        if raw is None:
+            raise SpoolCorrupt(f"body of {records.queue_id(msg_id)} is missing")
+        b = Body(MessageTemplate(records.decode_body(raw)))
+        self.bodies[msg_id] = b
+        if len(self.bodies) > BODY_CACHE:
+            self.bodies.popitem(last=False)
+        return b
+
+    def payload(self, job: dict[str, Any], body: Body, rcpt: list[Any]) -> bytes:
+        if not body.template.per_recipient:
+            if body.shared_payload is None:
+                body.shared_payload = data_payload(body.template.render(address="", name=None, variables=None,
+                                                                        message_id=""))
+            return body.shared_payload
+        index, address, name, variables = rcpt
+        mid = f"{records.rcpt_id(job['msg'], index)}@{self.ehlo_name}"
+        return data_payload(body.template.render(address=address, name=name, variables=variables, message_id=mid))
+
+    async def connect(self, job: dict[str, Any]) -> tuple[SmtpSession | None, Endpoint | None, list[Outcome]]:
+        """A session to one of the job's MX hosts, trying them in order (RFC 5321 §5.1)."""
+        hosts = order_mx([MxHost(p, n) for p, n in job["mx"]], self.rng)
+        idx = [r[0] for r in job["rcpts"]]
+        last: list[Outcome] = local_failure(idx, 451, "4.4.4", "no MX host could be resolved", "connect")
+        tried = 0
+        port = self.cfg.delivery.port
+        for host in hosts:
+            try:
+                ips = await self.resolver.resolve_addresses(host.name)
+            except DnsError as exc:
+                last = local_failure(idx, 451, "4.4.4", f"MX {host.name}: {exc}", "dns")
+                continue
+            for ip in ips:
+                ep = Endpoint(None, ip, port)
+                cached = self.pool.take(ep, time.monotonic())
+                if cached is not None:
+                    return cached, ep, []
+                tried += 1
+                try:
+                    s = await SmtpSession.open(ip, port, ehlo_name=self.ehlo_name, timeouts=self.timeouts,
+                                               mx_name=host.name)
+                    return s, ep, []
+                except SessionRefused as exc:
+                    r = exc.reply
+                    code = r.code if 400 <= r.code < 600 else 451
+                    last = local_failure(idx, code, r.enhanced or ("5.0.0" if code >= 500 else "4.0.0"),
+                                         f"{host.name}[{ip}] refused the session: {r}", exc.phase)
+                except (MtaError, OSError) as exc:
+                    last = local_failure(idx, 451, "4.4.1", f"{host.name}[{ip}]: {error_text(exc)}", "connect")
+                if tried >= self.cfg.delivery.max_mx_hosts_per_attempt:
+                    return None, None, last
+        return None, None, last
+
+    async def deliver(self, job: dict[str, Any], session: SmtpSession | None,
+                      endpoint: Endpoint | None) -> tuple[SmtpSession | None, Endpoint | None]:
+        try:
+            body = self.body(job["msg"])
+        except (SpoolCorrupt, MtaError) as exc:
+            self.report(job, local_failure([r[0] for r in job["rcpts"]], 451, "4.3.0", str(exc), "queue"))
+            return session, endpoint
+        if session is not None and (not session.usable
+                                    or session.transactions >= self.cfg.delivery.max_messages_per_connection):
+            asyncio.get_running_loop().create_task(session.close())
+            session = None
+        if session is None:
+            session, endpoint, failed = await self.connect(job)
+            if session is None:
+                self.report(job, failed)
+                return None, None
+        assert endpoint is not None
+        rcpts = {r[0]: r for r in job["rcpts"]}
+        pending = list(rcpts)
+        results: list[Outcome] = []
+        while pending:
+            first = rcpts[pending[0]]
+            payload = self.payload(job, body, first)
+            result = await session.transaction(job["sender"], [rcpts[i][1] for i in pending], payload)
+            out, again = transaction_outcomes(pending, result)
+            results.extend(out)
+            if not again:
+                break
+            if not session.usable:
+                results.extend(local_failure(again, 451, "4.4.2", "not attempted: the session closed before "
+                                             "a new transaction for the remaining recipients", "rcpt"))
+                break
+            pending = again
+        self.report(job, results, session.mx_name, endpoint.ip)
+        if not session.usable:
+            session.abort()
+            return None, None
+        return session, endpoint
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    def drain(self) -> None:
+        if self.draining:
+            return
+        self.draining = True
+        log.info("worker_draining", shard=self.shard, active=self.active)
+        for sq in self.sites.values():
+            while sq.jobs:
+                job = sq.jobs.popleft()
+                self.report(job, [(r[0], 0, None, "returned: worker draining", "queue", False) for r in job["rcpts"]])
+        self._maybe_drained()
+
+    def _maybe_drained(self) -> None:
+        if self.draining and self.active == 0:
+            self.flush()
+            if self.link is not None:
+                self.link.send({"t": "drained"})
+            self.done.set()
+
+    async def expire_idle(self) -> None:
+        while not self.done.is_set():
+            await asyncio.sleep(1.0)
+            for s in self.pool.expire(time.monotonic()):
+                asyncio.get_running_loop().create_task(s.close())
+
+    async def close_all(self) -> None:
+        sessions = self.pool.drain()
+        if sessions:
+            await asyncio.wait([asyncio.ensure_future(s.close()) for s in sessions], timeout=5)
+
+
+async def worker_main(cfg: Config, shard: int, ipc_path: str) -> int:
+    loop = asyncio.get_running_loop()
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            spool = Spool(cfg.spool.path, map_size_mb=cfg.spool.map_size_mb, readonly=True)
+            break
+        except MtaError:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.1)
+    resolver = Resolver(cfg.dns.nameservers or None, port=cfg.dns.port, timeout_s=cfg.dns.timeout_s)
+    worker = Worker(cfg, shard, spool, resolver)
+    while True:
+        try:
+            _, proto = await loop.create_unix_connection(lambda: FrameProtocol(worker.on_frame, worker.on_lost),
+                                                         ipc_path)
+            break
+        except OSError:
+            if time.monotonic() > deadline:
+                log.error("manager_unreachable", path=ipc_path)
+                return 1
+            await asyncio.sleep(0.1)
+    worker.link = proto  # type: ignore[assignment]
+    proto.send({"t": "hello", "shard": shard, "pid": os.getpid()})  # type: ignore[attr-defined]
+    loop.add_signal_handler(signal.SIGTERM, worker.drain)
+    loop.add_signal_handler(signal.SIGINT, lambda: None)  # the supervisor decides; ^C reaches it
+    expiry = loop.create_task(worker.expire_idle())
+    log.info("worker_started", shard=shard, pid=os.getpid())
+    await worker.done.wait()
+    expiry.cancel()
+    worker.flush()
+    await worker.close_all()
+    if worker.link is not None:
+        worker.link.close()
+    log.info("worker_stopped", shard=shard)
+    return 0
+
+
+def main(cfg: Config, shard: int, ipc_path: str) -> int:
+    from ..obs.log import configure
+
+    configure(cfg, role=f"worker-{shard}")
+    import uvloop
+
+    return uvloop.run(worker_main(cfg, shard, ipc_path))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main(Config(), 0, "var/ipc.sock"))

@@ -1,0 +1,367 @@
+"""Async MX and address resolution over dnspython, with a TTL cache and in-flight dedup.
+
+Contract: the only module that talks DNS. It turns answers into ``MxPlan`` values and address
+lists, and turns every dnspython failure into ``DnsError`` exactly once (``raise ... from exc``):
+
+- null MX (RFC 7505 §3)                 -> permanent, 5.1.10
+- NXDOMAIN, or no MX and no A/AAAA      -> permanent, 5.1.2 (RFC 5321 §5.1, STANDARDS M03)
+- SERVFAIL/REFUSED, timeout, no servers -> transient, 4.4.3
+- an MX host without addresses          -> transient, 4.4.3 (M09 leaves the verdict to policy)
+
+It never orders hosts for an attempt (``mx.order_mx`` does, with the caller's rng), never
+opens SMTP connections and never logs (no structlog configuration here). Trust level: it
+parses untrusted DNS answers but only keeps names, preferences, addresses and TTLs.
+
+Caching: positive answers live for their TTL clamped to [1 s, 1 day]; negative answers for
+the SOA-derived negative TTL (RFC 2308 §5) capped at ``negative_ttl_s``; transient failures
+for ``transient_ttl_s``. Concurrent lookups of one name share one query.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import ipaddress
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+import dns.asyncresolver
+import dns.exception
+import dns.message
+import dns.rdatatype
+import dns.resolver
+
+from mta_engine.errors import DnsError
+from mta_engine.routing.mx import MxHost, MxPlan, is_null_mx, normalize_domain, site_key
+
+__all__ = ["Resolver"]
+
+_T = TypeVar("_T")
+
+MAX_POSITIVE_TTL_S = 86_400.0  # cap: one day, whatever the zone says
+MIN_TTL_S = 1.0  # floor: a TTL of 0 must not turn the cache into a query per message
+
+# RFC 3463 enhanced status codes used for DNS outcomes.
+ENHANCED_NULL_MX = "5.1.10"  # RFC 7505 §4.1: recipient address has null MX
+ENHANCED_BAD_DOMAIN = "5.1.2"  # bad destination system address
+ENHANCED_DNS_TRANSIENT = "4.4.3"  # directory server failure
+
+
+@dataclass(frozen=True, slots=True)
+class _Failure:
+    """A cached DnsError, re-raised as a fresh exception on every hit."""
+
+    message: str
+    permanent: bool
+    enhanced: str
+    cause: BaseException | None
+
+    def to_error(self) -> DnsError:
+        err = DnsError(self.message, permanent=self.permanent, enhanced=self.enhanced)
+        err.__cause__ = self.cause
+        return err
+
+
+@dataclass(frozen=True, slots=True)
+class _Entry(Generic[_T]):
+    expires_at: float  # monotonic, from the injected clock
+    value: _T | _Failure
+
+
+@dataclass(frozen=True, slots=True)
+class _Records:
+    """One query's outcome: record texts, their min TTL and, when empty, a negative TTL."""
+
+    items: tuple[tuple[int, str], ...]  # (preference or 0, text)
+    ttl_s: float
+    nxdomain: bool
+    negative_ttl_s: float | None  # from the SOA in the authority section, if any
+
+
+class Resolver:
+    """MX and address lookups with caching; see the module docstring for the error mapping."""
+
+    def __init__(
+        self,
+        nameservers: list[str] | None = None,
+        port: int = 53,
+        timeout_s: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
+        negative_ttl_s: float = 60.0,
+        transient_ttl_s: float = 5.0,
+        max_entries: int = 100_000,
+    ) -> None:
+        if nameservers is None:
+            try:
+                self._dns = dns.asyncresolver.Resolver(configure=True)
+            except dns.exception.DNSException:  # no usable /etc/resolv.conf
+                self._dns = dns.asyncresolver.Resolver(configure=False)
+                self._dns.nameservers = []
+        else:
+            self._dns = dns.asyncresolver.Resolver(configure=False)
+            self._dns.nameservers = list(nameservers)
+        self._dns.port = port
+        self._dns.lifetime = timeout_s
+        self._dns.timeout = timeout_s
+        self._dns.cache = None  # we cache ourselves, on our clock
+        self._clock = clock
+        self._negative_ttl_s = negative_ttl_s
+        self._transient_ttl_s = transient_ttl_s
+        self._max_entries = max_entries
+        self._mx_cache: dict[str, _Entry[MxPlan]] = {}
+        self._addr_cache: dict[str, _Entry[list[str]]] = {}
+        self._inflight: dict[tuple[str, str], asyncio.Task[object]] = {}
+
+    def __repr__(self) -> str:
+        return (
+            f"<Resolver nameservers={list(self._dns.nameservers)!r} port={self._dns.port} "
+            f"mx_cached={len(self._mx_cache)} addr_cached={len(self._addr_cache)} "
+            f"inflight={len(self._inflight)}>"
+        )
+
+    # ------------------------------------------------------------------ public API
+
+    async def resolve_mx(self, domain: str) -> MxPlan:
+        """Return the MX plan for ``domain`` or raise ``DnsError``."""
+        try:
+            name = normalize_domain(domain)
+        except ValueError as exc:
+            raise DnsError(str(exc), permanent=True, enhanced=ENHANCED_BAD_DOMAIN) from exc
+        return await self._cached(self._mx_cache, "mx", name, self._lookup_mx)
+
+    async def resolve_addresses(self, host: str) -> list[str]:
+        """Return ``host``'s addresses, IPv4 first, or raise a transient ``DnsError``.
+
+        An IP literal (an MX target that is an address, RFC 5321 §5.1 discourages it) is
+        returned as is without a lookup.
+        """
+        literal = _ip_literal(host)
+        if literal is not None:
+            return [literal]
+        try:
+            name = normalize_domain(host)
+        except ValueError as exc:
+            raise DnsError(str(exc), permanent=False, enhanced=ENHANCED_DNS_TRANSIENT) from exc
+        return list(await self._cached(self._addr_cache, "addr", name, self._lookup_addresses))
+
+    def cached_plan(self, domain: str) -> MxPlan | None:
+        """Return the unexpired cached plan for ``domain`` without any lookup, else None."""
+        try:
+            name = normalize_domain(domain)
+        except ValueError:
+            return None
+        entry = self._mx_cache.get(name)
+        if entry is None or entry.expires_at <= self._clock() or isinstance(entry.value, _Failure):
+            return None
+        return entry.value
+
+    # ------------------------------------------------------------------ cache + dedup
+
+    async def _cached(
+        self,
+        cache: dict[str, _Entry[_T]],
+        kind: str,
+        name: str,
+        lookup: Callable[[str], Awaitable[_Entry[_T]]],
+    ) -> _T:
+        entry = cache.get(name)
+        if entry is None or entry.expires_at <= self._clock():
+            key = (kind, name)
+            task = self._inflight.get(key)
+            if task is None:
+                task = asyncio.ensure_future(self._fill(cache, name, lookup))
+                self._inflight[key] = task  # type: ignore[assignment]
+                task.add_done_callback(functools.partial(self._on_done, key))
+            # shield: a cancelled caller must not cancel the query other callers share.
+            entry = await asyncio.shield(task)  # type: ignore[assignment]
+        if isinstance(entry.value, _Failure):
+            raise entry.value.to_error()
+        return entry.value
+
+    async def _fill(
+        self,
+        cache: dict[str, _Entry[_T]],
+        name: str,
+        lookup: Callable[[str], Awaitable[_Entry[_T]]],
+    ) -> _Entry[_T]:
+        entry = await lookup(name)
+        self._store(cache, name, entry)
+        return entry
+
+    def _store(self, cache: dict[str, _Entry[_T]], name: str, entry: _Entry[_T]) -> None:
+        cache.pop(name, None)
+        while cache and len(cache) >= self._max_entries:  # evict the oldest insertion (FIFO)
+            cache.pop(next(iter(cache)))
+        cache[name] = entry
+
+    def _on_done(self, key: tuple[str, str], task: asyncio.Future[object]) -> None:
+        self._inflight.pop(key, None)
+        if not task.cancelled():
+            task.exception()  # mark retrieved even if every waiter was cancelled
+
+    def _positive(self, value: _T | _Failure, ttl_s: float) -> _Entry[_T]:
+        return _Entry(self._clock() + min(max(ttl_s, MIN_TTL_S), MAX_POSITIVE_TTL_S), value)
+
+    def _negative(self, failure: _Failure, records: _Records | None) -> _Entry[_T]:
+        ttl_s = self._negative_ttl_s
+        if records is not None and records.negative_ttl_s is not None:
+            ttl_s = min(records.negative_ttl_s, self._negative_ttl_s)
+        return _Entry(self._clock() + max(ttl_s, MIN_TTL_S), failure)
+
+    def _transient(self, err: DnsError) -> _Entry[_T]:
+        failure = _Failure(str(err), err.permanent, err.enhanced, err.__cause__)
+        return _Entry(self._clock() + max(self._transient_ttl_s, 0.0), failure)
+
+    # ------------------------------------------------------------------ lookups
+
+    async def _lookup_mx(self, name: str) -> _Entry[MxPlan]:
+        try:
+            mx = await self._query(name, dns.rdatatype.MX)
+            if mx.nxdomain:
+                failure = _Failure(f"{name}: NXDOMAIN", True, ENHANCED_BAD_DOMAIN, None)
+                return self._negative(failure, mx)
+            if mx.items:
+                hosts = tuple(sorted(MxHost(pref, text) for pref, text in mx.items))
+                if is_null_mx(hosts):
+                    failure = _Failure(
+                        f"{name}: null MX, domain accepts no mail (RFC 7505)",
+                        True,
+                        ENHANCED_NULL_MX,
+                        None,
+                    )
+                    return self._positive(failure, mx.ttl_s)  # a real answer: cache by TTL
+                # RFC 7505 §3 forbids null MX beside other MX; ignore the stray root entry.
+                hosts = tuple(h for h in hosts if h.name) or hosts
+                plan = MxPlan(name, hosts, implicit=False, site=site_key(hosts), ttl_s=mx.ttl_s)
+                return self._positive(plan, mx.ttl_s)
+            # NOERROR/NODATA: implicit MX, the domain itself at preference 0 (RFC 5321 §5.1).
+            addrs, addr_records = await self._addresses(name)
+            if addrs is None:
+                failure = _Failure(
+                    f"{name}: no MX and no A/AAAA records", True, ENHANCED_BAD_DOMAIN, None
+                )
+                return self._negative(failure, addr_records or mx)
+            hosts = (MxHost(0, name),)
+            self._store(self._addr_cache, name, self._positive(addrs[0], addrs[1]))
+            plan = MxPlan(name, hosts, implicit=True, site=site_key(hosts), ttl_s=addrs[1])
+            return self._positive(plan, addrs[1])
+        except DnsError as err:
+            return self._transient(err)
+
+    async def _lookup_addresses(self, name: str) -> _Entry[list[str]]:
+        try:
+            addrs, records = await self._addresses(name)
+        except DnsError as err:
+            return self._transient(err)
+        if addrs is None:
+            reason = "NXDOMAIN" if records is not None and records.nxdomain else "no A/AAAA"
+            failure = _Failure(f"{name}: {reason}", False, ENHANCED_DNS_TRANSIENT, None)
+            return self._negative(failure, records)
+        return self._positive(addrs[0], addrs[1])
+
+    async def _addresses(
+        self, name: str
+    ) -> tuple[tuple[list[str], float] | None, _Records | None]:
+        """Query A and AAAA together; return ((addresses v4 first, ttl) | None, a negative answer).
+
+        Raises DnsError (transient) only when neither family produced addresses and at least
+        one query failed transiently.
+        """
+        results = await asyncio.gather(
+            self._query(name, dns.rdatatype.A),
+            self._query(name, dns.rdatatype.AAAA),
+            return_exceptions=True,
+        )
+        found: list[str] = []
+        ttls: list[float] = []
+        negative: _Records | None = None
+        error: BaseException | None = None
+        for res in results:
+            if isinstance(res, DnsError):
+                error = res
+            elif isinstance(res, BaseException):
+                raise res
+            elif res.items:
+                found.extend(text for _, text in res.items)
+                ttls.append(res.ttl_s)
+            elif negative is None or res.nxdomain:
+                negative = res
+        if found:
+            return (found, min(ttls)), None
+        if error is not None:
+            raise error
+        return None, negative
+
+    async def _query(self, name: str, rdtype: dns.rdatatype.RdataType) -> _Records:
+        """One query; dnspython exceptions become DnsError here and nowhere else."""
+        label = dns.rdatatype.to_text(rdtype)
+        if not self._dns.nameservers:
+            raise DnsError(
+                f"{name} {label}: no nameservers configured",
+                permanent=False,
+                enhanced=ENHANCED_DNS_TRANSIENT,
+            )
+        try:
+            answer = await self._dns.resolve(
+                name + ".", rdtype, raise_on_no_answer=False, search=False
+            )
+        except dns.resolver.NXDOMAIN as exc:
+            responses = list(exc.responses().values())
+            neg = _soa_negative_ttl(responses[0]) if responses else None
+            return _Records((), 0.0, nxdomain=True, negative_ttl_s=neg)
+        except dns.resolver.NoNameservers as exc:  # SERVFAIL/REFUSED from every server
+            raise DnsError(
+                f"{name} {label}: nameservers failed",
+                permanent=False,
+                enhanced=ENHANCED_DNS_TRANSIENT,
+            ) from exc
+        except dns.exception.Timeout as exc:
+            raise DnsError(
+                f"{name} {label}: timed out", permanent=False, enhanced=ENHANCED_DNS_TRANSIENT
+            ) from exc
+        except dns.exception.DNSException as exc:  # YXDOMAIN, malformed answers, ...
+            raise DnsError(
+                f"{name} {label}: {type(exc).__name__}: {exc}",
+                permanent=False,
+                enhanced=ENHANCED_DNS_TRANSIENT,
+            ) from exc
+        rrset = answer.rrset
+        if rrset is None:
+            negative_ttl_s = _soa_negative_ttl(answer.response)
+            return _Records((), 0.0, nxdomain=False, negative_ttl_s=negative_ttl_s)
+        # The smallest TTL along the answer, CNAME chain included.
+        ttl_s = float(min([rrset.ttl, *(r.ttl for r in answer.response.answer)]))
+        items: list[tuple[int, str]] = []
+        for rdata in rrset:
+            if rdtype == dns.rdatatype.MX:
+                items.append((int(rdata.preference), _name_text(rdata.exchange)))
+            else:
+                items.append((0, str(rdata.address)))
+        return _Records(tuple(items), ttl_s, nxdomain=False, negative_ttl_s=None)
+
+
+def _name_text(name: object) -> str:
+    """Exchange name as lower-case text without the trailing dot; the root becomes ""."""
+    return str(name).lower().rstrip(".")
+
+
+def _soa_negative_ttl(response: dns.message.Message) -> float | None:
+    """RFC 2308 §5: the negative TTL is min(SOA TTL, SOA MINIMUM) from the authority section."""
+    for rrset in response.authority:
+        if rrset.rdtype == dns.rdatatype.SOA and len(rrset):
+            return float(min(rrset.ttl, next(iter(rrset)).minimum))
+    return None
+
+
+def _ip_literal(host: str) -> str | None:
+    text = host.strip()
+    if text.startswith("[") and text.endswith("]"):  # RFC 5321 §4.1.3 address literal
+        text = text[1:-1]
+        if text.lower().startswith("ipv6:"):
+            text = text[5:]
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        return None

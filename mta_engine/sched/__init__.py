@@ -1,0 +1,1 @@
+"""The scheduler: retry policy and the queue manager."""

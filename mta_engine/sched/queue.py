@@ -1,0 +1,217 @@
+"""Recipient state transitions in the spool: the one place that decides a recipient's fate.
+
+Contract: called only by the manager, on its spool-writer thread, inside one write transaction
+per tick. Takes ``now_ms`` as an argument. Each function changes the recipient record, the due
+index, the in-flight table and the message's remaining count together, and appends the matching
+accounting event to the outbox in the same transaction, so a state change and its log line are
+never separated. A final outcome (Delivery, Bounce, Expiration) is appended exactly once: the
+recipient record is removed in the same transaction.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import lmdb
+
+from ..errors import SpoolCorrupt
+from ..spool import records
+from ..spool.records import Message, Recipient, State
+from ..spool.store import Spool
+from .backoff import delay_for_attempt, is_expired
+
+FINAL_TYPES = {State.DELIVERED: "Delivery", State.BOUNCED: "Bounce", State.EXPIRED: "Expiration",
+               State.CANCELLED: "AdminBounce"}
+
+
+@dataclass(slots=True)
+class Result:
+    """One recipient's outcome of one attempt, as reported by a worker (or made by the manager)."""
+
+    msg_id: int
+    index: int
+    code: int
+    """SMTP reply code; 0 = returned unattempted (drain, worker death): no attempt is counted."""
+    enhanced: str | None = None
+    text: str = ""
+    phase: str = ""
+    site: str | None = None
+    mx: str | None = None
+    ip: str | None = None
+    unknown: bool = False
+    """The connection died after the final dot: the message may have been delivered."""
+
+
+@dataclass(slots=True)
+class Lease:
+    msg_id: int
+    index: int
+    due_ms: int
+
+
+@dataclass(slots=True)
+class TickStats:
+    delivered: int = 0
+    bounced: int = 0
+    deferred: int = 0
+    expired: int = 0
+    returned: int = 0
+    unknown: int = 0
+    corrupt: int = 0
+    sites: dict[str, list[int]] = field(default_factory=dict)
+    """site -> [delivered, deferred, bounced] in this tick."""
+
+
+class QueueWriter:
+    """Applies leases and results to the spool. One instance, owned by the manager."""
+
+    def __init__(self, spool: Spool, *, retry_intervals_s: Sequence[float], max_age_s: float, lease_s: float) -> None:
+        self.spool = spool
+        self.retry_intervals_s = list(retry_intervals_s)
+        self.max_age_s = max_age_s
+        self.lease_ms = int(lease_s * 1000)
+        self._db = spool.dbs
+        self._msgs: dict[int, Message | None] = {}
+
+    # -- messages ---------------------------------------------------------------------------
+    def message(self, txn: lmdb.Transaction, msg_id: int) -> Message | None:
+        """The message record (cached); None when it is gone or corrupt (moved aside)."""
+        msg = self._msgs.get(msg_id)
+        if msg is None:
+            raw = txn.get(records.u64(msg_id), db=self._db["msg"])
+            if raw is None:
+                return None
+            try:
+                msg = Message.decode(raw)
+            except SpoolCorrupt:
+                return None
+            if len(self._msgs) > 100_000:
+                self._msgs.clear()
+            self._msgs[msg_id] = msg
+        return msg
+
+    def forget(self, msg_id: int) -> None:
+        self._msgs.pop(msg_id, None)
+
+    # -- the tick's transaction -------------------------------------------------------------
+    def lease(self, txn: lmdb.Transaction, items: list[tuple[bytes, int, int]], now_ms: int) -> list[Lease]:
+        """Lease due recipients (due key, msg id, index) to a worker until now + lease."""
+        due_db, infl_db = self._db["due"], self._db["inflight"]
+        lease_ms = now_ms + self.lease_ms
+        out = []
+        for dkey, msg_id, index in items:
+            txn.delete(dkey, db=due_db)
+            txn.put(records.due_key(lease_ms, msg_id, index), b"", db=due_db)
+            txn.put(records.rcpt_key(msg_id, index), records.u64(lease_ms), db=infl_db)
+            out.append(Lease(msg_id, index, lease_ms))
+        return out
+
+    def _unlease(self, txn: lmdb.Transaction, msg_id: int, index: int) -> None:
+        rkey = records.rcpt_key(msg_id, index)
+        raw = txn.pop(rkey, db=self._db["inflight"])
+        if raw is not None:
+            txn.delete(records.due_key(records.from_u64(raw), msg_id, index), db=self._db["due"])
+
+    def requeue_inflight(self, txn: lmdb.Transaction, now_ms: int) -> int:
+        """Manager start: every recipient the previous manager had in flight is due now."""
+        n = 0
+        with txn.cursor(db=self._db["inflight"]) as cur:
+            items = list(cur.iternext())
+        for rkey, raw in items:
+            msg_id, index = records.split_rcpt_key(rkey)
+            txn.delete(records.due_key(records.from_u64(raw), msg_id, index), db=self._db["due"])
+            txn.put(records.due_key(now_ms, msg_id, index), b"", db=self._db["due"])
+            txn.delete(rkey, db=self._db["inflight"])
+            n += 1
+        return n
+
+    def apply(self, txn: lmdb.Transaction, results: list[Result], now_ms: int, stats: TickStats,
+              events: list[dict[str, Any]]) -> None:
+        """Apply worker results: delivered, bounced, deferred/expired, or returned unattempted."""
+        rcpt_db, due_db = self._db["rcpt"], self._db["due"]
+        touched: dict[int, int] = {}
+        for r in results:
+            rkey = records.rcpt_key(r.msg_id, r.index)
+            raw = txn.get(rkey, db=rcpt_db)
+            if raw is None:  # already final (duplicate report) or cancelled meanwhile
+                self._unlease(txn, r.msg_id, r.index)
+                continue
+            try:
+                rec = Recipient.decode(raw)
+            except SpoolCorrupt:
+                self._unlease(txn, r.msg_id, r.index)
+                self.spool.move_aside(txn, "rcpt", rkey)
+                stats.corrupt += 1
+                continue
+            msg = self.message(txn, r.msg_id)
+            self._unlease(txn, r.msg_id, r.index)
+            txn.delete(records.due_key(rec.due_ms, r.msg_id, r.index), db=due_db)  # if it was never leased
+            if msg is None:  # its message record is corrupt: keep the recipient aside, not lost
+                self.spool.move_aside(txn, "rcpt", rkey)
+                stats.corrupt += 1
+                continue
+            if r.code == 0:
+                txn.put(records.due_key(now_ms, r.msg_id, r.index), b"", db=due_db)
+                stats.returned += 1
+                continue
+            rec.attempts += 1
+            rec.last_code, rec.last_enhanced, rec.last_text = r.code, r.enhanced, r.text
+            site_counts = stats.sites.setdefault(r.site or "-", [0, 0, 0])
+            if 200 <= r.code < 300:
+                state = State.DELIVERED
+                stats.delivered += 1
+                site_counts[0] += 1
+            elif 500 <= r.code < 600:
+                state = State.BOUNCED
+                stats.bounced += 1
+                site_counts[2] += 1
+            elif is_expired(msg.created_ms / 1000, now_ms / 1000, self.max_age_s):
+                state = State.EXPIRED
+                stats.expired += 1
+                site_counts[2] += 1
+            else:
+                state = State.QUEUED
+                stats.deferred += 1
+                stats.unknown += r.unknown
+                site_counts[1] += 1
+            events.append(self._event(FINAL_TYPES.get(state, "TransientFailure"), msg, rec, r, now_ms))
+            if state is State.QUEUED:
+                rec.state = State.QUEUED
+                rec.due_ms = now_ms + int(delay_for_attempt(rec.attempts, self.retry_intervals_s) * 1000)
+                txn.put(rkey, rec.encode(), db=rcpt_db)
+                txn.put(records.due_key(rec.due_ms, r.msg_id, r.index), b"", db=due_db)
+            else:
+                txn.delete(rkey, db=rcpt_db)
+                touched[r.msg_id] = touched.get(r.msg_id, 0) + 1
+        self._finish_messages(txn, touched)
+
+    def expire_due(self, txn: lmdb.Transaction, items: list[tuple[bytes, int, int]], now_ms: int,
+                   stats: TickStats, events: list[dict[str, Any]], *, code: int, enhanced: str, text: str,
+                   phase: str, permanent: bool, site: str | None = None) -> None:
+        """Fail due recipients without a connection (DNS failure, max age): bounce or defer."""
+        results = [Result(m, i, code if permanent else 451, enhanced, text, phase, site) for _, m, i in items]
+        for dkey, m, i in items:
+            txn.delete(dkey, db=self._db["due"])
+        self.apply(txn, results, now_ms, stats, events)
+
+    def _finish_messages(self, txn: lmdb.Transaction, touched: dict[int, int]) -> None:
+        for msg_id, n in touched.items():
+            msg = self._msgs.get(msg_id)
+            if msg is None:
+                continue
+            msg.remaining -= n
+            mkey = records.u64(msg_id)
+            if msg.remaining <= 0:
+                txn.delete(mkey, db=self._db["msg"])
+                txn.delete(mkey, db=self._db["body"])
+                self.forget(msg_id)
+            else:
+                txn.put(mkey, msg.encode(), db=self._db["msg"])
+
+    def _event(self, type_: str, msg: Message, rec: Recipient, r: Result, now_ms: int) -> dict[str, Any]:
+        return {"type": type_, "timestamp": now_ms / 1000.0, "queue_id": records.rcpt_id(r.msg_id, r.index),
+                "recipient": rec.address, "sender": msg.sender, "campaign": msg.campaign, "tenant": msg.tenant,
+                "site": r.site, "mx": r.mx, "ip": r.ip, "code": r.code, "enhanced": r.enhanced,
+                "response": r.text, "phase": r.phase, "attempt": rec.attempts,
+                "latency_s": round((now_ms - msg.created_ms) / 1000.0, 3), "unknown": r.unknown or None}

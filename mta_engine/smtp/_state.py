@@ -1,0 +1,170 @@
+"""Client states and the one transition table: the only place SMTP legality lives (h11 style).
+
+Contract: ``SEND`` says which command may be sent in which state and where it leads;
+``ON_REPLY`` says where the reply to a command leads, by reply kind. Anything not in ``SEND``
+is illegal and ``next_state_on_send`` raises ``LocalProtocolError``. The send transitions are
+optimistic (they assume success, so a pipelined group can be checked before any reply);
+replies then correct the state. Pure: no I/O.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Final
+
+from mta_engine.errors import LocalProtocolError
+from mta_engine.smtp.events import (
+    Command,
+    Data,
+    Ehlo,
+    Helo,
+    Lhlo,
+    MailFrom,
+    Noop,
+    Payload,
+    Quit,
+    RcptTo,
+    Rset,
+    StartTls,
+)
+from mta_engine.smtp.reply import Reply
+
+__all__ = [
+    "GROUP_MAY_CONTINUE",
+    "ON_REPLY",
+    "SEND",
+    "ReplyKind",
+    "State",
+    "next_state_on_reply",
+    "next_state_on_send",
+    "reply_kind",
+]
+
+
+class State(enum.Enum):
+    """Where the client stands in the session (RFC 5321 §3, §4.1.4 command order)."""
+
+    CONNECTED = "connected"  # TCP up, waiting for the greeting; nothing may be sent (§3.1)
+    GREETED = "greeted"  # 220 greeting (or STARTTLS 220): EHLO/HELO next
+    REFUSED = "refused"  # greeting or EHLO/HELO refused; only QUIT is left (§3.1, §4.1.1.1)
+    EHLO_SENT = "ehlo_sent"
+    READY = "ready"  # EHLO/HELO accepted, no transaction open
+    STARTTLS_SENT = "starttls_sent"
+    MAIL_SENT = "mail_sent"
+    RCPT_SENT = "rcpt_sent"
+    DATA_SENT = "data_sent"
+    DATA_READY = "data_ready"  # 354 received: the payload goes next (§4.1.1.4)
+    PAYLOAD_SENT = "payload_sent"  # waiting for the final reply (§4.5.3.2.6)
+    QUIT_SENT = "quit_sent"
+    CLOSED = "closed"  # 421, 221 or EOF: the channel is gone (§3.8)
+    ERROR = "error"  # the peer broke the protocol; the session must be dropped
+
+
+class ReplyKind(enum.Enum):
+    """How a reply moves the state (RFC 5321 §4.2.1 classes, with the codes §4.2.2 singles out)."""
+
+    SUCCESS = "success"  # 2yz
+    INTERMEDIATE = "intermediate"  # 3yz
+    NOT_IMPLEMENTED = "not_implemented"  # 500/502: command unknown; EHLO falls back to HELO (§4.1.1.1)
+    FAILURE = "failure"  # any other 4yz/5yz
+    CLOSING = "closing"  # 421: service closing the transmission channel (§3.8)
+
+
+# RFC 5321 §4.2.2 / §4.2.3 codes with a special meaning for the state machine.
+CODE_CLOSING = 421  # §3.8: server is shutting the connection
+CODES_NOT_IMPLEMENTED = frozenset({500, 502})  # §4.1.1.1: EHLO unknown → HELO
+
+
+def reply_kind(reply: Reply) -> ReplyKind:
+    """Classify ``reply`` for the transition table."""
+    code = reply.code
+    if code < 300:
+        return ReplyKind.SUCCESS
+    if code < 400:
+        return ReplyKind.INTERMEDIATE
+    if code == CODE_CLOSING:
+        return ReplyKind.CLOSING
+    if code in CODES_NOT_IMPLEMENTED:
+        return ReplyKind.NOT_IMPLEMENTED
+    return ReplyKind.FAILURE
+
+
+_HELLO = (Ehlo, Helo, Lhlo)
+
+# (state, command type) -> state after sending. Absent = illegal (LocalProtocolError).
+SEND: Final[dict[tuple[State, type[Command]], State]] = {
+    **{(State.GREETED, c): State.EHLO_SENT for c in _HELLO},
+    (State.GREETED, Noop): State.GREETED,
+    (State.GREETED, Quit): State.QUIT_SENT,
+    (State.REFUSED, Quit): State.QUIT_SENT,
+    **{(State.READY, c): State.EHLO_SENT for c in _HELLO},
+    (State.READY, MailFrom): State.MAIL_SENT,
+    (State.READY, Rset): State.READY,
+    (State.READY, Noop): State.READY,
+    (State.READY, StartTls): State.STARTTLS_SENT,
+    (State.READY, Quit): State.QUIT_SENT,
+    (State.MAIL_SENT, RcptTo): State.RCPT_SENT,
+    (State.MAIL_SENT, Rset): State.READY,
+    (State.MAIL_SENT, Noop): State.MAIL_SENT,
+    (State.MAIL_SENT, Quit): State.QUIT_SENT,
+    (State.RCPT_SENT, RcptTo): State.RCPT_SENT,
+    (State.RCPT_SENT, Data): State.DATA_SENT,
+    (State.RCPT_SENT, Rset): State.READY,
+    (State.RCPT_SENT, Noop): State.RCPT_SENT,
+    (State.RCPT_SENT, Quit): State.QUIT_SENT,
+    (State.DATA_READY, Payload): State.PAYLOAD_SENT,
+}
+
+# (command type or None for the greeting, reply kind) -> state, applied when the reply answers the
+# last pending command (earlier replies of a pipelined group do not move the optimistic state).
+# Absent = the state stays as it is. CLOSING always leads to CLOSED (§3.8).
+ON_REPLY: Final[dict[tuple[type[Command] | None, ReplyKind], State]] = {
+    (None, ReplyKind.SUCCESS): State.GREETED,
+    (None, ReplyKind.INTERMEDIATE): State.REFUSED,
+    (None, ReplyKind.NOT_IMPLEMENTED): State.REFUSED,
+    (None, ReplyKind.FAILURE): State.REFUSED,  # 554 greeting: QUIT and go (§3.1)
+    **{(c, ReplyKind.SUCCESS): State.READY for c in _HELLO},
+    (Ehlo, ReplyKind.NOT_IMPLEMENTED): State.GREETED,  # fall back to HELO (§4.1.1.1, S02)
+    (Ehlo, ReplyKind.INTERMEDIATE): State.REFUSED,
+    (Ehlo, ReplyKind.FAILURE): State.REFUSED,  # S03: no HELO after a "go away"
+    **{(c, k): State.REFUSED for c in (Helo, Lhlo) for k in ReplyKind if k is not ReplyKind.SUCCESS},
+    (MailFrom, ReplyKind.INTERMEDIATE): State.READY,
+    (MailFrom, ReplyKind.NOT_IMPLEMENTED): State.READY,
+    (MailFrom, ReplyKind.FAILURE): State.READY,
+    (Data, ReplyKind.SUCCESS): State.READY,  # bogus 2yz to DATA: no data phase opened
+    (Data, ReplyKind.INTERMEDIATE): State.DATA_READY,  # 354 (§4.1.1.4)
+    (Data, ReplyKind.NOT_IMPLEMENTED): State.READY,
+    (Data, ReplyKind.FAILURE): State.READY,
+    **{(Payload, k): State.READY for k in ReplyKind},
+    (Rset, ReplyKind.SUCCESS): State.READY,
+    (Rset, ReplyKind.INTERMEDIATE): State.REFUSED,
+    (Rset, ReplyKind.NOT_IMPLEMENTED): State.REFUSED,  # a server that cannot RSET cannot be reused
+    (Rset, ReplyKind.FAILURE): State.REFUSED,
+    **{(Quit, k): State.CLOSED for k in ReplyKind},
+    (StartTls, ReplyKind.SUCCESS): State.GREETED,  # handshake, then EHLO again (RFC 3207 §4.2)
+    (StartTls, ReplyKind.INTERMEDIATE): State.READY,
+    (StartTls, ReplyKind.NOT_IMPLEMENTED): State.READY,
+    (StartTls, ReplyKind.FAILURE): State.READY,  # 454: carry on in plaintext (RFC 3207 §4)
+}
+
+# RFC 2920 §3.1: only these may be followed by more commands in the same pipelined group; EHLO,
+# DATA, VRFY, EXPN, TURN, QUIT and NOOP end a group; STARTTLS too (RFC 3207 §4.2).
+GROUP_MAY_CONTINUE: Final[frozenset[type[Command]]] = frozenset({MailFrom, RcptTo, Rset})
+
+
+def next_state_on_send(state: State, command: Command) -> State:
+    """Return the state after sending ``command`` in ``state``; raise if that is illegal."""
+    try:
+        return SEND[(state, type(command))]
+    except KeyError:
+        raise LocalProtocolError(f"cannot send {type(command).__name__} in state {state.name}") from None
+
+
+def next_state_on_reply(state: State, command: Command | None, reply: Reply, *, last: bool) -> State:
+    """Return the state after ``reply`` to ``command``; ``last`` = no other command is pending."""
+    kind = reply_kind(reply)
+    if kind is ReplyKind.CLOSING:
+        return State.CLOSED
+    if not last:
+        return state
+    return ON_REPLY.get((type(command) if command is not None else None, kind), state)

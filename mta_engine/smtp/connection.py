@@ -1,0 +1,163 @@
+"""``ClientConnection``: the sans-IO SMTP client (h11 style).
+
+Contract: the caller writes what ``send``/``send_pipelined`` return, feeds what it reads to
+``receive_data`` (``b""`` at end of file) and loops on ``next_event`` until ``NEED_DATA``. Each
+reply is matched, in order, to the command it answers; the first reply is the greeting
+(command ``None``). It never does I/O, never reads a clock and never decides what a rejection
+means. It fails two ways: ``LocalProtocolError`` when the caller asks for something the state
+table (``_state.py``) or RFC 2920 pipelining rules forbid, and ``RemoteProtocolError`` when
+the server sends something that is not SMTP (after which the connection is in ``ERROR``).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Sequence
+
+from mta_engine.errors import LocalProtocolError, RemoteProtocolError
+from mta_engine.smtp._state import (
+    GROUP_MAY_CONTINUE,
+    State,
+    next_state_on_reply,
+    next_state_on_send,
+)
+from mta_engine.smtp.events import (
+    NEED_DATA,
+    Closed,
+    Command,
+    Ehlo,
+    Event,
+    Helo,
+    Lhlo,
+    Replied,
+    StartTls,
+)
+from mta_engine.smtp.reply import Reply, ReplyParser
+
+__all__ = ["ClientConnection"]
+
+_PIPELINING = "PIPELINING"  # RFC 2920 §3: EHLO keyword that allows command groups
+
+
+def parse_extensions(reply: Reply) -> dict[str, str]:
+    """Map each EHLO keyword (upper-cased) to its parameters (RFC 5321 §4.1.1.1)."""
+    extensions: dict[str, str] = {}
+    for line in reply.lines[1:]:  # the first line is the server's domain and greeting
+        keyword, _, params = line.strip().partition(" ")
+        if keyword:
+            extensions[keyword.upper()] = params.strip()
+    return extensions
+
+
+class ClientConnection:
+    """One SMTP client session's protocol state, fed and drained by an I/O driver."""
+
+    __slots__ = ("state", "extensions", "pending", "_parser", "_eof")
+
+    def __init__(self) -> None:
+        self.state: State = State.CONNECTED
+        self.extensions: dict[str, str] = {}
+        self.pending: deque[Command] = deque()
+        self._parser = ReplyParser()
+        self._eof = False
+
+    def __repr__(self) -> str:
+        ext = ",".join(sorted(self.extensions))
+        return f"<ClientConnection state={self.state.name} pending={len(self.pending)} extensions=[{ext}]>"
+
+    def supports(self, keyword: str) -> bool:
+        """True if the last EHLO reply advertised ``keyword`` (case-insensitive)."""
+        return keyword.upper() in self.extensions
+
+    def _may_send(self) -> None:
+        """Raise unless a new command may go out now (X03 lock-step / RFC 2920 §3.1 groups)."""
+        if not self.pending:
+            return
+        if not self.supports(_PIPELINING):
+            raise LocalProtocolError(
+                f"a reply is still pending and the server did not advertise {_PIPELINING}"
+            )
+        if type(self.pending[-1]) not in GROUP_MAY_CONTINUE:
+            raise LocalProtocolError(
+                f"{type(self.pending[-1]).__name__} must be answered before the next command (RFC 2920 §3.1)"
+            )
+
+    def _apply_send(self, command: Command) -> bytes:
+        wire = command.to_bytes()
+        self.state = next_state_on_send(self.state, command)
+        self.pending.append(command)
+        if type(command) in (Ehlo, Helo, Lhlo):
+            self.extensions = {}  # a new EHLO replaces everything we knew (RFC 5321 §4.1.1.1)
+        return wire
+
+    def send(self, command: Command) -> bytes:
+        """Record ``command`` as sent and return its wire bytes."""
+        self._may_send()
+        return self._apply_send(command)
+
+    def send_pipelined(self, commands: Sequence[Command]) -> bytes:
+        """Record a pipelined command group (RFC 2920) and return its bytes, for one write.
+
+        Only MAIL, RCPT and RSET may be followed by another command in the group; the group is
+        checked as a whole before any state changes.
+        """
+        if not commands:
+            raise LocalProtocolError("empty command group")
+        if len(commands) > 1 and not self.supports(_PIPELINING):
+            raise LocalProtocolError(f"the server did not advertise {_PIPELINING}")
+        for command in commands[:-1]:
+            if type(command) not in GROUP_MAY_CONTINUE:
+                raise LocalProtocolError(
+                    f"{type(command).__name__} must be the last command of a group (RFC 2920 §3.1)"
+                )
+        self._may_send()
+        state = self.state
+        for command in commands:  # dry run: all-or-nothing
+            state = next_state_on_send(state, command)
+        return b"".join([self._apply_send(command) for command in commands])
+
+    def receive_data(self, data: bytes) -> None:
+        """Feed bytes read from the server; ``b""`` means the server closed the connection."""
+        if data:
+            self._parser.receive(data)
+        else:
+            self._eof = True
+
+    def next_event(self) -> Event:
+        """Return the next ``Replied``, ``Closed`` at end of file, or ``NEED_DATA``."""
+        if self.state is State.ERROR:
+            raise RemoteProtocolError("the connection already failed")
+        try:
+            reply = self._parser.next_reply()
+        except RemoteProtocolError:
+            self.state = State.ERROR
+            raise
+        if reply is None:
+            if self._eof:
+                self.state = State.CLOSED
+                return Closed()
+            return NEED_DATA
+        return self._match(reply)
+
+    def _match(self, reply: Reply) -> Replied:
+        if self.state is State.CONNECTED:
+            command = None
+        elif self.pending:
+            command = self.pending.popleft()
+        elif reply.code == 421:  # §3.8: a server may announce shutdown at any time
+            command = None
+        else:
+            self.state = State.ERROR
+            raise RemoteProtocolError(f"unsolicited reply {reply}")
+        self.state = next_state_on_reply(self.state, command, reply, last=not self.pending)
+        if self.state is State.CLOSED:
+            self.pending.clear()  # §3.8 / R08: nothing more will be answered
+        elif type(command) is StartTls and reply.is_success:
+            if self._parser.buffered:
+                # RFC 3207 §4.2 / §6 (STANDARDS L03): bytes before the handshake are an injection.
+                self.state = State.ERROR
+                raise RemoteProtocolError("data received after the STARTTLS 220, before TLS")
+            self.extensions = {}  # RFC 3207 §4.2: forget everything learnt before TLS
+        elif type(command) in (Ehlo, Lhlo) and reply.is_success:
+            self.extensions = parse_extensions(reply)
+        return Replied(command, reply)

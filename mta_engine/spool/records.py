@@ -1,0 +1,181 @@
+"""msgpack record schemas of the spool, each with an explicit version.
+
+Contract: pure encode/decode, no LMDB, no asyncio. ``decode_*`` never raises on bad bytes:
+it raises ``SpoolCorrupt`` which callers turn into a moved-aside record, never a crash.
+Keys are fixed-width big-endian so LMDB orders them numerically:
+
+- message id: u64 (8 bytes); queue id text = 16 hex digits
+- recipient key: message id + u32 recipient index (12 bytes); text ``<queue id>.<index>``
+- due key: u64 due time in ms + recipient key (20 bytes)
+- outbox key: u64 event sequence number
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import Any
+
+import msgpack
+
+from ..errors import SpoolCorrupt
+
+SCHEMA_VERSION = 1
+
+_U64 = struct.Struct(">Q")
+_RKEY = struct.Struct(">QI")
+_DUE = struct.Struct(">QQI")
+
+
+class State(IntEnum):
+    """Recipient states (ARCHITECTURE.md). Final states are not stored: the record is removed."""
+
+    QUEUED = 0
+    IN_FLIGHT = 1
+    DELIVERED = 2
+    BOUNCED = 3
+    EXPIRED = 4
+    CANCELLED = 5
+    UNKNOWN = 6
+
+
+def u64(n: int) -> bytes:
+    return _U64.pack(n)
+
+
+def from_u64(b: bytes) -> int:
+    return _U64.unpack(b)[0]  # type: ignore[no-any-return]
+
+
+def rcpt_key(msg_id: int, index: int) -> bytes:
+    return _RKEY.pack(msg_id, index)
+
+
+def split_rcpt_key(key: bytes) -> tuple[int, int]:
+    return _RKEY.unpack(key)  # type: ignore[return-value]
+
+
+def due_key(due_ms: int, msg_id: int, index: int) -> bytes:
+    return _DUE.pack(due_ms, msg_id, index)
+
+
+def split_due_key(key: bytes) -> tuple[int, int, int]:
+    return _DUE.unpack(key)  # type: ignore[return-value]
+
+
+def queue_id(msg_id: int) -> str:
+    return f"{msg_id:016x}"
+
+
+def rcpt_id(msg_id: int, index: int) -> str:
+    return f"{msg_id:016x}.{index}"
+
+
+def parse_queue_id(text: str) -> tuple[int, int | None]:
+    """``"0000000000000001"`` → (1, None); ``"0000000000000001.7"`` → (1, 7)."""
+    head, _, idx = text.partition(".")
+    msg = int(head, 16)
+    return msg, (int(idx) if idx else None)
+
+
+@dataclass(slots=True)
+class Message:
+    """A message: envelope sender, labels, and a count of recipients not yet final."""
+
+    sender: str
+    created_ms: int
+    n_rcpt: int
+    remaining: int
+    campaign: str | None = None
+    tenant: str | None = None
+    priority: int = 0
+    size: int = 0
+    template: bool = False
+    per_recipient: bool = False
+    """True when every recipient gets its own rendered body (one recipient per transaction)."""
+
+    def encode(self) -> bytes:
+        return msgpack.packb(
+            [SCHEMA_VERSION, self.sender, self.created_ms, self.n_rcpt, self.remaining, self.campaign,
+             self.tenant, self.priority, self.size, self.template, self.per_recipient],
+            use_bin_type=True,
+        )
+
+    @classmethod
+    def decode(cls, data: bytes) -> "Message":
+        try:
+            v, *fields = msgpack.unpackb(data, raw=False)
+            if v != 1:
+                raise SpoolCorrupt(f"message record version {v} is not supported")
+            return cls(*fields)
+        except SpoolCorrupt:
+            raise
+        except Exception as exc:
+            raise SpoolCorrupt(f"undecodable message record: {exc}") from exc
+
+
+@dataclass(slots=True)
+class Recipient:
+    """A recipient's mutable delivery state."""
+
+    address: str
+    name: str | None
+    variables: dict[str, Any] | None
+    state: int
+    attempts: int
+    due_ms: int
+    last_code: int = 0
+    last_enhanced: str | None = None
+    last_text: str | None = None
+
+    def encode(self) -> bytes:
+        return msgpack.packb(
+            [SCHEMA_VERSION, self.address, self.name, self.variables, self.state, self.attempts,
+             self.due_ms, self.last_code, self.last_enhanced, self.last_text],
+            use_bin_type=True,
+        )
+
+    @classmethod
+    def decode(cls, data: bytes) -> "Recipient":
+        try:
+            v, *fields = msgpack.unpackb(data, raw=False)
+            if v != 1:
+                raise SpoolCorrupt(f"recipient record version {v} is not supported")
+            return cls(*fields)
+        except SpoolCorrupt:
+            raise
+        except Exception as exc:
+            raise SpoolCorrupt(f"undecodable recipient record: {exc}") from exc
+
+    @property
+    def domain(self) -> str:
+        return self.address.rpartition("@")[2].lower()
+
+
+def encode_body(spec: dict[str, Any]) -> bytes:
+    return msgpack.packb({"v": SCHEMA_VERSION, **spec}, use_bin_type=True)
+
+
+def decode_body(data: bytes) -> dict[str, Any]:
+    try:
+        spec = msgpack.unpackb(data, raw=False)
+    except Exception as exc:
+        raise SpoolCorrupt(f"undecodable body record: {exc}") from exc
+    if not isinstance(spec, dict) or spec.get("v") != 1:
+        raise SpoolCorrupt("body record has no supported version")
+    return spec
+
+
+def encode_event(event: dict[str, Any]) -> bytes:
+    return msgpack.packb(event, use_bin_type=True)
+
+
+def decode_event(data: bytes) -> dict[str, Any]:
+    try:
+        event = msgpack.unpackb(data, raw=False)
+    except Exception as exc:
+        raise SpoolCorrupt(f"undecodable event record: {exc}") from exc
+    if not isinstance(event, dict):
+        raise SpoolCorrupt("event record is not a map")
+    return event

@@ -1,0 +1,106 @@
+"""The LMDB environment of the spool and its named databases.
+
+Contract: the only module that opens LMDB. Writers are the ingest process (new messages only)
+and the manager (all state transitions); LMDB serialises them. Workers open the spool
+read-only to read bodies. Commits are synced (``sync=True``): a commit that returned is on disk.
+lmdb errors are translated here into ``SpoolError``/``SpoolFull``.
+
+Named databases:
+    meta     counters (next message id, next event sequence) and schema version
+    msg      message id -> Message record
+    body     message id -> content spec (raw message or builder fields, template flag)
+    rcpt     recipient key -> Recipient record (removed when the recipient reaches a final state)
+    due      due key (due ms + recipient key) -> b"" : the scheduler's work list, ordered by time
+    inflight recipient key -> u64 lease expiry ms: recipients leased to a worker (small; scanned at
+             manager start to re-queue what the previous manager had in flight)
+    outbox   event sequence -> accounting event, written in the same transaction as the change
+    corrupt  undecodable records moved aside, keyed by "<db>:<hex key>"
+"""
+
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+import lmdb
+
+from ..errors import SpoolError, SpoolFull
+from . import records
+
+DB_NAMES = ("meta", "msg", "body", "rcpt", "due", "inflight", "outbox", "corrupt")
+
+
+class Spool:
+    """An open spool. ``readonly`` for workers; one instance per process."""
+
+    def __init__(self, path: str | os.PathLike[str], *, map_size_mb: int = 16384, readonly: bool = False) -> None:
+        self.path = Path(path)
+        self.readonly = readonly
+        try:
+            if not readonly:
+                self.path.mkdir(parents=True, exist_ok=True)
+            self.env = lmdb.open(
+                str(self.path), map_size=map_size_mb << 20, max_dbs=len(DB_NAMES) + 2,
+                readonly=readonly, sync=True, metasync=True, readahead=False, max_readers=512,
+                subdir=True, create=not readonly,
+            )
+            self.dbs: dict[str, Any] = {}
+            for name in DB_NAMES:
+                self.dbs[name] = self.env.open_db(name.encode(), create=not readonly)
+        except lmdb.Error as exc:
+            raise SpoolError(f"cannot open spool at {self.path}: {exc}") from exc
+
+    def __repr__(self) -> str:
+        return f"<Spool {self.path} readonly={self.readonly}>"
+
+    @contextmanager
+    def write(self) -> Iterator[lmdb.Transaction]:
+        """A write transaction, committed (and synced) on normal exit, aborted on error."""
+        try:
+            with self.env.begin(write=True) as txn:
+                yield txn
+        except lmdb.MapFullError as exc:
+            raise SpoolFull(f"spool {self.path} is full: raise [spool] map_size_mb") from exc
+        except lmdb.Error as exc:
+            raise SpoolError(f"spool write failed: {exc}") from exc
+
+    @contextmanager
+    def read(self) -> Iterator[lmdb.Transaction]:
+        with self.env.begin(buffers=False) as txn:
+            yield txn
+
+    def counter_take(self, txn: lmdb.Transaction, name: bytes, n: int) -> int:
+        """Reserve ``n`` consecutive values of a meta counter; returns the first."""
+        raw = txn.get(name, db=self.dbs["meta"])
+        first = records.from_u64(raw) if raw else 1
+        txn.put(name, records.u64(first + n), db=self.dbs["meta"])
+        return first
+
+    def events_append(self, txn: lmdb.Transaction, events: list[dict[str, Any]]) -> None:
+        """Append accounting events to the outbox, each with a unique increasing ``event_seq``."""
+        if not events:
+            return
+        first = self.counter_take(txn, b"next_event", len(events))
+        db = self.dbs["outbox"]
+        items = []
+        for i, ev in enumerate(events):
+            ev["event_seq"] = first + i
+            items.append((records.u64(first + i), records.encode_event(ev)))
+        with txn.cursor(db=db) as cur:
+            cur.putmulti(items, append=True)
+
+    def move_aside(self, txn: lmdb.Transaction, db: str, key: bytes) -> None:
+        """Move an undecodable record to ``corrupt`` so it never stops the engine again."""
+        value = txn.get(key, db=self.dbs[db])
+        if value is not None:
+            txn.put(f"{db}:{key.hex()}".encode(), value, db=self.dbs["corrupt"])
+            txn.delete(key, db=self.dbs[db])
+
+    def stat(self) -> dict[str, int]:
+        with self.env.begin() as txn:
+            return {name: txn.stat(db)["entries"] for name, db in self.dbs.items()}
+
+    def close(self) -> None:
+        self.env.close()

@@ -1,0 +1,124 @@
+"""Recipient transitions in a real LMDB spool: lease, deliver, bounce, defer, expire, return."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from mta_engine.ingest.commit import write_submissions
+from mta_engine.ingest.inject import parse_request
+from mta_engine.obs.accounting import AccountingLog
+from mta_engine.sched.queue import QueueWriter, Result, TickStats
+from mta_engine.spool import records
+from mta_engine.spool.store import Spool
+
+T0 = 1_700_000_000_000
+
+
+@pytest.fixture
+def spool(tmp_path: Path):
+    s = Spool(tmp_path / "spool", map_size_mb=64)
+    yield s
+    s.close()
+
+
+def inject(spool: Spool, n: int, now_ms: int = T0) -> int:
+    sub = parse_request({"envelope_sender": "s@x.test", "content": "From: s@x.test\n\nx",
+                         "recipients": [f"r{i}@y.test" for i in range(n)]}, now_s=now_ms / 1000, boundary="b")
+    (msg_id,) = write_submissions(spool, [sub], now_ms)
+    return msg_id
+
+
+def due_items(spool: Spool) -> list[tuple[bytes, int, int]]:
+    with spool.read() as txn, txn.cursor(db=spool.dbs["due"]) as cur:
+        return [(k, *records.split_due_key(k)[1:]) for k in cur.iternext(values=False)]
+
+
+def step(spool: Spool, w: QueueWriter, results: list[Result], now_ms: int):
+    stats, events = TickStats(), []
+    with spool.write() as txn:
+        w.apply(txn, results, now_ms, stats, events)
+        spool.events_append(txn, events)
+    return stats, events
+
+
+def test_outcomes_move_recipients_to_their_states(spool: Spool) -> None:
+    """250 deletes, 550 bounces, 451 defers with a new due time; one event each; message removed at the end."""
+    msg = inject(spool, 3)
+    w = QueueWriter(spool, retry_intervals_s=[60.0], max_age_s=3600.0, lease_s=600.0)
+    with spool.write() as txn:
+        w.message(txn, msg)
+        leases = w.lease(txn, due_items(spool), T0)
+    assert [records.split_due_key(k)[0] for k, *_ in due_items(spool)] == [T0 + 600_000] * 3
+    assert spool.stat()["inflight"] == 3
+    stats, events = step(spool, w, [Result(msg, 0, 250, "2.0.0", "ok", "data", "site"),
+                                    Result(msg, 1, 550, "5.1.1", "no", "rcpt", "site"),
+                                    Result(msg, 2, 451, "4.3.0", "later", "rcpt", "site")], T0 + 1000)
+    assert [e["type"] for e in events] == ["Delivery", "Bounce", "TransientFailure"]
+    assert (stats.delivered, stats.bounced, stats.deferred) == (1, 1, 1)
+    assert spool.stat()["inflight"] == 0 and spool.stat()["rcpt"] == 1
+    ((_, m, i),) = due_items(spool)
+    assert records.split_due_key(due_items(spool)[0][0])[0] == T0 + 1000 + 60_000 and i == 2
+    stats, events = step(spool, w, [Result(msg, 2, 250, None, "ok", "data", "site")], T0 + 70_000)
+    assert [e["type"] for e in events] == ["Delivery"] and events[0]["attempt"] == 2
+    st = spool.stat()
+    assert st["rcpt"] == 0 and st["msg"] == 0 and st["body"] == 0 and st["due"] == 0
+
+
+def test_deferral_past_max_age_expires(spool: Spool) -> None:
+    """A transient failure at or after max age is a final Expiration, not another retry."""
+    msg = inject(spool, 1)
+    w = QueueWriter(spool, retry_intervals_s=[60.0], max_age_s=100.0, lease_s=600.0)
+    with spool.write() as txn:
+        w.message(txn, msg)
+    _, events = step(spool, w, [Result(msg, 0, 451, "4.4.1", "down", "connect")], T0 + 100_000)
+    assert [e["type"] for e in events] == ["Expiration"]
+    assert spool.stat()["rcpt"] == 0
+
+
+def test_returned_recipient_is_due_now_without_an_attempt(spool: Spool) -> None:
+    """Code 0 (worker died or drained) re-queues the recipient now and counts no attempt, logs nothing."""
+    msg = inject(spool, 1)
+    w = QueueWriter(spool, retry_intervals_s=[60.0], max_age_s=3600.0, lease_s=600.0)
+    with spool.write() as txn:
+        w.message(txn, msg)
+        w.lease(txn, due_items(spool), T0)
+    stats, events = step(spool, w, [Result(msg, 0, 0)], T0 + 5)
+    assert events == [] and stats.returned == 1
+    assert [records.split_due_key(k)[0] for k, *_ in due_items(spool)] == [T0 + 5]
+    with spool.read() as txn:
+        rec = records.Recipient.decode(txn.get(records.rcpt_key(msg, 0), db=spool.dbs["rcpt"]))
+    assert rec.attempts == 0
+
+
+def test_requeue_inflight_after_manager_restart(spool: Spool) -> None:
+    """What a dead manager had leased is due immediately for the next one."""
+    msg = inject(spool, 2)
+    w = QueueWriter(spool, retry_intervals_s=[60.0], max_age_s=3600.0, lease_s=600.0)
+    with spool.write() as txn:
+        w.message(txn, msg)
+        w.lease(txn, due_items(spool), T0)
+    with spool.write() as txn:
+        assert QueueWriter(spool, retry_intervals_s=[60.0], max_age_s=3600.0, lease_s=600.0).requeue_inflight(txn, T0 + 9) == 2
+    assert [records.split_due_key(k)[0] for k, *_ in due_items(spool)] == [T0 + 9, T0 + 9]
+    assert spool.stat()["inflight"] == 0
+
+
+def test_accounting_log_skips_events_already_written(tmp_path: Path) -> None:
+    """Events replayed from the outbox after a crash are not written twice (exactly once)."""
+    path = str(tmp_path / "acct.jsonl")
+    log = AccountingLog(path)
+    log.write([{"type": "Delivery", "event_seq": 1}, {"type": "Delivery", "event_seq": 2}])
+    log.close()
+    with open(path, "ab") as f:
+        f.write(b'{"type": "Deliv')  # a line cut short by a crash
+    log = AccountingLog(path)
+    assert log.written_seq == 2
+    log.write([{"type": "Delivery", "event_seq": 2}, {"type": "Bounce", "event_seq": 3}])
+    log.close()
+    import json
+
+    with open(path, "rb") as f:
+        lines = [json.loads(x) for x in f.read().split(b"\n") if x.startswith(b"{") and x.endswith(b"}")]
+    assert [e["event_seq"] for e in lines] == [1, 2, 3]

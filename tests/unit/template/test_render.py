@@ -1,0 +1,56 @@
+"""Rendering: shared bodies render once; templates per recipient; built messages are valid MIME."""
+
+from __future__ import annotations
+
+import email
+import email.policy
+
+from mta_engine.ingest.inject import parse_request
+from mta_engine.template.render import MessageTemplate, fold_header
+
+
+def spec_of(content, **extra):
+    body = {"envelope_sender": "s@x.test", "content": content, "recipients": ["a@y.test"], **extra}
+    return parse_request(body, now_s=1_700_000_000.0, boundary="b1").spec
+
+
+def test_shared_body_is_the_same_object_for_everyone() -> None:
+    """A body without template syntax is rendered once and shared."""
+    t = MessageTemplate(spec_of("From: s@x.test\n\nsame\n"))
+    a = t.render(address="a@y.test", name=None, variables=None, message_id="1@x")
+    b = t.render(address="b@y.test", name=None, variables={"q": 1}, message_id="2@x")
+    assert a is b and a == b"From: s@x.test\r\n\r\nsame\r\n"
+
+
+def test_variables_precedence() -> None:
+    """Recipient substitutions override email/name, which override top-level substitutions."""
+    t = MessageTemplate(spec_of("From: s@x.test\n\n{{ a }} {{ email }} {{ name }}", substitutions={"a": "top", "email": "z"}))
+    out = t.render(address="r@y.test", name="R", variables={"a": "mine"}, message_id="m@x")
+    assert out.endswith(b"mine r@y.test R")
+
+
+def test_built_message_parses_and_uses_qp_for_8bit() -> None:
+    """A built message parses with the stdlib; non-ASCII text is quoted-printable, headers RFC 2047."""
+    spec = spec_of({"subject": "Grüße {{ n }}", "from": {"email": "s@x.test", "name": "Sénder"},
+                    "text_body": "Hallo {{ n }} — schön", "html_body": "<p>{{ n }}</p>",
+                    "reply_to": "r@x.test", "headers": {"X-Campaign-Id": "{{ n }}-7"}})
+    t = MessageTemplate(spec)
+    raw = t.render(address="a@y.test", name="Ä B", variables={"n": "Jo"}, message_id="q.0@mta.test")
+    assert raw.isascii()
+    assert b"\n" not in raw.replace(b"\r\n", b"")
+    msg = email.message_from_bytes(raw, policy=email.policy.default)
+    assert msg["Subject"] == "Grüße Jo"
+    assert msg["From"] == "Sénder <s@x.test>" and msg["To"] == "Ä B <a@y.test>"
+    assert msg["Message-ID"] == "<q.0@mta.test>" and msg["X-Campaign-Id"] == "Jo-7"
+    assert msg["Reply-To"] == "r@x.test"
+    plain = msg.get_body(("plain",))
+    assert plain["Content-Transfer-Encoding"] == "quoted-printable"
+    assert plain.get_content().rstrip() == "Hallo Jo — schön"
+    assert msg.get_body(("html",))["Content-Transfer-Encoding"] == "7bit"
+
+
+def test_fold_header_keeps_lines_short() -> None:
+    """Long header values are folded to at most 78 characters per line (RFC 5322 §2.1.1)."""
+    folded = fold_header("Subject", "word " * 40)
+    assert all(len(line) <= 78 for line in folded.split("\r\n"))
+    assert folded.endswith("\r\n")
