@@ -340,7 +340,7 @@ class Manager:
         fails: list[tuple[list[tuple[bytes, int, int]], dict[str, Any]]] = []
         expired: list[tuple[bytes, int, int]] = []
         for d in due:
-            msg = self.writer._msgs.get(d.msg_id)
+            msg = self.writer.cached(d.msg_id)
             if msg is None:
                 continue
             if is_expired(msg.created_ms / 1000, now, self.cfg.queue.max_age_s):
@@ -367,7 +367,8 @@ class Manager:
             room = free.get(shard, 0)
             if room <= 0:
                 continue
-            msg = self.writer._msgs[msg_id]
+            msg = self.writer.cached(msg_id)
+            assert msg is not None
             step = 1 if msg.per_recipient else max_rcpt
             ds = ds[:room]
             free[shard] = room - len(ds)

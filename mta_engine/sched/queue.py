@@ -91,6 +91,10 @@ class QueueWriter:
             self._msgs[msg_id] = msg
         return msg
 
+    def cached(self, msg_id: int) -> Message | None:
+        """The message record if this writer has it in memory (no spool access)."""
+        return self._msgs.get(msg_id)
+
     def forget(self, msg_id: int) -> None:
         self._msgs.pop(msg_id, None)
 

@@ -15,7 +15,7 @@ from tests.support.sinks import RecordingReceiver, SmtpSink
 
 pytestmark = pytest.mark.integration
 
-DOMAIN_MIX = Path("/work/shared/data/domain-mix.csv")
+DOMAIN_MIX = Path(__file__).resolve().parents[3] / "shared" / "data" / "domain-mix.csv"  # ../shared beside the repo
 SINK_IPS = [f"127.0.0.{i}" for i in range(10, 18)]
 MESSAGE = b"Subject: harness\r\nFrom: a@src.test\r\n\r\n.leading dot\r\nbody\r\n"
 

@@ -1,0 +1,470 @@
+"""Bench runner: W1 (personalised newsletter) and W2 (shared body), end to end, durable ingest.
+
+    python -m bench.run [--quick] [--workload W1,W2] [--messages N] [--reps R]
+
+Each repetition starts a fresh world (dnsmasq + 8 smtp-sinks) and a fresh engine (its own spool),
+injects N recipients in batches over a few concurrent HTTP requests, and waits for N final outcomes
+in the accounting log. Time runs from the first inject request to the last final outcome's log
+timestamp. Results go to bench/results/<workload>-<date>.json/.png and bench/results/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import datetime as dt
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any, Callable
+
+import orjson
+
+from tests.support.engine import Engine
+
+from .world import SENDER, RecipientGenerator, World, batches, personalised_content, shared_raw_message
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "bench" / "results"
+FINAL = {"Delivery", "Bounce", "Expiration", "AdminBounce"}
+BATCH = 2000
+CONCURRENCY = 4
+WORKERS = 2
+TIME_LIMIT_S = 900.0
+
+
+# ---------------------------------------------------------------------------------------------- /proc
+def _clk_tck() -> int:
+    return os.sysconf("SC_CLK_TCK")
+
+
+def descendants(pid: int) -> list[int]:
+    """pid and all its descendants, found through /proc/<pid>/task/*/children."""
+    out, todo = [], [pid]
+    while todo and len(out) < 1000:
+        p = todo.pop()
+        out.append(p)
+        try:
+            for task in os.listdir(f"/proc/{p}/task"):
+                with open(f"/proc/{p}/task/{task}/children") as fh:
+                    todo.extend(int(c) for c in fh.read().split())
+        except (FileNotFoundError, ProcessLookupError, PermissionError):
+            continue
+    return out
+
+
+def proc_sample(pid: int) -> dict[str, Any]:
+    """CPU seconds (user+sys) and VmHWM of pid and its descendants, keyed by pid."""
+    tck = _clk_tck()
+    out: dict[int, dict[str, Any]] = {}
+    for p in descendants(pid):
+        try:
+            with open(f"/proc/{p}/stat") as fh:
+                stat = fh.read()
+            fields = stat[stat.rindex(")") + 2:].split()
+            utime, stime = int(fields[11]), int(fields[12])
+            hwm = rss = 0
+            with open(f"/proc/{p}/status") as fh:
+                for line in fh:
+                    if line.startswith("VmHWM:"):
+                        hwm = int(line.split()[1]) * 1024
+                    elif line.startswith("VmRSS:"):
+                        rss = int(line.split()[1]) * 1024
+            with open(f"/proc/{p}/cmdline", "rb") as fh:
+                cmd = fh.read().split(b"\0")
+            out[p] = {"user_s": utime / tck, "sys_s": stime / tck, "hwm": hwm, "rss": rss, "role": _role(cmd)}
+        except (FileNotFoundError, ProcessLookupError, ValueError):
+            continue
+    return out
+
+
+def _role(cmd: list[bytes]) -> str:
+    args = [a.decode(errors="replace") for a in cmd if a]
+    if "_child" in args:
+        i = args.index("_child")
+        role = args[i + 1] if i + 1 < len(args) else "child"
+        if role == "worker" and "--shard" in args:
+            role += "-" + args[args.index("--shard") + 1]
+        return role
+    return "supervisor" if "serve" in args else (args[0] if args else "?")
+
+
+# ---------------------------------------------------------------------------------------------- log tail
+class LogTail:
+    """Reads the accounting log incrementally; counts final outcomes and keeps delivery timestamps."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.offset = 0
+        self.partial = b""
+        self.counts: dict[str, int] = {}
+        self.final_ts: list[float] = []
+        self.delivery_ts: list[float] = []
+        self.first_reception: float | None = None
+
+    @property
+    def finals(self) -> int:
+        return len(self.final_ts)
+
+    def poll(self) -> None:
+        try:
+            with open(self.path, "rb") as fh:
+                fh.seek(self.offset)
+                data = fh.read()
+        except FileNotFoundError:
+            return
+        self.offset += len(data)
+        data = self.partial + data
+        lines = data.split(b"\n")
+        self.partial = lines.pop()
+        for line in lines:
+            if not line.strip():
+                continue
+            ev = orjson.loads(line)
+            t = ev.get("type")
+            self.counts[t] = self.counts.get(t, 0) + 1
+            ts = float(ev.get("timestamp", 0.0))
+            if t in FINAL:
+                self.final_ts.append(ts)
+                if t == "Delivery":
+                    self.delivery_ts.append(ts)
+            elif t == "Reception" and self.first_reception is None:
+                self.first_reception = ts
+
+
+# ---------------------------------------------------------------------------------------------- one run
+def http_get_json(url: str) -> dict[str, Any]:
+    with urllib.request.urlopen(url, timeout=10) as r:
+        return json.loads(r.read())
+
+
+def spool_bytes(path: Path) -> int:
+    total = 0
+    for f in path.glob("*.mdb"):
+        total += f.stat().st_blocks * 512
+    return total
+
+
+def run_once(workload: str, n: int, *, seed: int = 1, progress: Callable[[int, int], None] | None = None,
+             keep_dir: bool = False, time_limit_s: float = TIME_LIMIT_S, world: World | None = None,
+             engine_extra: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+    """One repetition of W1 or W2 with n recipients; returns its figures."""
+    rcpts = RecipientGenerator(seed).generate(n)
+    if workload == "W1":
+        content: Any = personalised_content()
+    elif workload == "W2":
+        content = shared_raw_message()
+        rcpts = [r["email"] for r in rcpts]
+    else:
+        raise ValueError(workload)
+    bodies = [{"envelope_sender": SENDER, "content": content, "recipients": b, "campaign": f"bench-{workload}"}
+              for b in batches(rcpts, BATCH)]
+    payloads = [orjson.dumps(b) for b in bodies]  # encode before the clock starts
+    own_world = world is None
+    world = world or World().start()
+    tmp = Path(tempfile.mkdtemp(prefix=f"mta-bench-{workload}-"))
+    extra = {"delivery": {"workers": WORKERS}}
+    for k, v in (engine_extra or {}).items():
+        extra.setdefault(k, {}).update(v)
+    eng = Engine(tmp / "engine", dns_port=world.dns.port, dns_host=world.dns.host, smtp_port=world.port,
+                 workers=WORKERS, extra=extra)
+    tail = LogTail(eng.accounting_path)
+    inject_errors: list[str] = []
+    try:
+        eng.start(timeout_s=60)
+        sup = eng.proc.pid  # type: ignore[union-attr]
+        cpu0 = proc_sample(sup)
+        st0 = eng.status()
+        url = f"http://127.0.0.1:{eng.http_port}/api/inject/v1"
+
+        def post(data: bytes) -> dict[str, Any]:
+            req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+            with urllib.request.urlopen(req, timeout=300) as r:
+                return json.loads(r.read())
+
+        inject_done = {"t": 0.0, "accepted": 0}
+
+        def inject_all() -> None:
+            try:
+                with concurrent.futures.ThreadPoolExecutor(CONCURRENCY) as pool:
+                    answers = list(pool.map(post, payloads))
+                inject_done["accepted"] = sum(a["success_count"] for a in answers)
+                fails = sum(a["fail_count"] for a in answers)
+                if fails:
+                    inject_errors.append(f"{fails} recipients refused at inject")
+            except Exception as exc:  # reported, the wait below then times out quickly
+                inject_errors.append(repr(exc))
+            inject_done["t"] = time.time()
+
+        t0 = time.time()
+        m0 = time.monotonic()
+        injector = threading.Thread(target=inject_all, name="injector", daemon=True)
+        injector.start()
+        peak_hwm: dict[int, dict[str, Any]] = {}
+        spool_peak = 0
+        last_spool_check = 0.0
+        while tail.finals < n:
+            if time.monotonic() - m0 > time_limit_s:
+                raise TimeoutError(f"{workload}: only {tail.finals}/{n} final outcomes after {time_limit_s:.0f}s")
+            if inject_errors:
+                raise RuntimeError(f"inject failed: {inject_errors}")
+            eng.proc.check_alive()  # type: ignore[union-attr]
+            time.sleep(0.1)
+            tail.poll()
+            if progress:
+                progress(len(tail.delivery_ts), tail.finals)
+            if time.monotonic() - last_spool_check > 0.5:
+                last_spool_check = time.monotonic()
+                spool_peak = max(spool_peak, spool_bytes(eng.dir / "spool"))
+        injector.join(timeout=60)
+        t_end = max(tail.final_ts)
+        # sample cost right before stopping
+        st1 = eng.status()
+        health = http_get_json(f"http://127.0.0.1:{eng.http_port}/health")
+        cpu1 = proc_sample(sup)
+        spool_peak = max(spool_peak, spool_bytes(eng.dir / "spool"))
+    finally:
+        try:
+            eng.stop(timeout_s=60)
+        finally:
+            if own_world:
+                sink = _settled_counters(world)
+                world.stop()
+            else:
+                sink = _settled_counters(world)
+            if not keep_dir:
+                shutil.rmtree(tmp, ignore_errors=True)
+    elapsed = t_end - t0
+    cpu_total = sum(v["user_s"] + v["sys_s"] for v in cpu1.values())
+    cpu_base = sum(v["user_s"] + v["sys_s"] for p, v in cpu0.items() if p in cpu1)
+    cpu_run = cpu_total - cpu_base
+    by_role: dict[str, dict[str, float]] = {}
+    for p, v in cpu1.items():
+        base = cpu0.get(p, {"user_s": 0.0, "sys_s": 0.0})
+        by_role[v["role"]] = {"cpu_s": round(v["user_s"] + v["sys_s"] - base["user_s"] - base["sys_s"], 2),
+                              "peak_rss_mb": round(v["hwm"] / 2**20, 1)}
+    ticks = st1.get("ticks", 0) - st0.get("ticks", 0)
+    delivered = tail.counts.get("Delivery", 0)
+    fig = {
+        "workload": workload, "recipients": n, "ingest": "durable",
+        "elapsed_s": round(elapsed, 3),
+        "inject_s": round(inject_done["t"] - t0, 3) if inject_done["t"] else None,
+        "first_delivery_s": round(min(tail.delivery_ts) - t0, 3) if tail.delivery_ts else None,
+        "rate_per_s": round(n / elapsed, 1),
+        "delivered": delivered, "bounced": tail.counts.get("Bounce", 0),
+        "deferred_events": tail.counts.get("TransientFailure", 0),
+        "expired": tail.counts.get("Expiration", 0),
+        "cpu_s_total": round(cpu_run, 2),
+        "cpu_s_per_1000": round(cpu_run / n * 1000, 3),
+        "cpu_ms_per_msg": round(cpu_run / n * 1000, 3),
+        "cpu_s_including_startup": round(cpu_total, 2),
+        "cpu_by_role": by_role,
+        "peak_rss_mb_sum": round(sum(v["hwm"] for v in cpu1.values()) / 2**20, 1),
+        "peak_rss_mb_max_process": round(max(v["hwm"] for v in cpu1.values()) / 2**20, 1),
+        "manager_commits": ticks, "ingest_commits": health.get("commits"),
+        "ingest_submissions": health.get("submissions"),
+        "lmdb_commits_per_s": round((ticks + int(health.get("commits") or 0)) / elapsed, 1),
+        "spool_highwater_bytes": spool_peak,
+        "spool_highwater_bytes_per_rcpt": round(spool_peak / n, 1),
+        "sink": sink,
+        "rcpt_per_transaction": round(delivered / sink["mesg"], 2) if sink["mesg"] else None,
+        "status_since_start": st1.get("since_start"),
+        "timeline_delivery_offsets_s": [round(t - t0, 3) for t in tail.delivery_ts],
+    }
+    if sink["mesg"] and workload == "W1" and sink["mesg"] != delivered:
+        fig["warning"] = f"sink counted {sink['mesg']} messages for {delivered} Delivery events"
+    return fig
+
+
+def _settled_counters(world: World, timeout_s: float = 5.0) -> dict[str, int]:
+    """smtp-sink updates its counters as sessions end; poll until they stop moving."""
+    last, deadline = world.counters(), time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        time.sleep(0.25)
+        now = world.counters()
+        if now == last:
+            return now
+        last = now
+    return last
+
+
+# ---------------------------------------------------------------------------------------------- report
+def machine() -> dict[str, Any]:
+    model = "?"
+    with open("/proc/cpuinfo") as fh:
+        for line in fh:
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    mem = 0
+    with open("/proc/meminfo") as fh:
+        for line in fh:
+            if line.startswith("MemTotal:"):
+                mem = int(line.split()[1]) * 1024
+    return {"nproc": os.cpu_count(), "cpu_model": model, "mem_total_gb": round(mem / 2**30, 1),
+            "kernel": platform.release(), "python": platform.python_version()}
+
+
+def git_commit() -> str:
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True,
+                              timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "mta_engine"], cwd=REPO, capture_output=True,
+                               text=True, timeout=10).stdout.strip()
+        return head + ("+dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "?"
+
+
+def summarise(reps: list[dict[str, Any]], keys: list[str]) -> dict[str, dict[str, float]]:
+    out = {}
+    for k in keys:
+        vals = [r[k] for r in reps if isinstance(r.get(k), (int, float))]
+        if vals:
+            out[k] = {"median": statistics.median(vals), "min": min(vals), "max": max(vals)}
+    return out
+
+
+SUMMARY_KEYS = ["rate_per_s", "elapsed_s", "inject_s", "first_delivery_s", "cpu_s_per_1000", "cpu_ms_per_msg",
+                "peak_rss_mb_sum", "peak_rss_mb_max_process", "lmdb_commits_per_s", "spool_highwater_bytes_per_rcpt",
+                "rcpt_per_transaction"]
+
+
+def plot(workload: str, reps: list[dict[str, Any]], path: Path, unit: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(9, 4.5))
+    bin_s = 0.5
+    for i, r in enumerate(reps):
+        offs = r["timeline_delivery_offsets_s"]
+        if not offs:
+            continue
+        nb = int(max(offs) / bin_s) + 1
+        counts = [0] * nb
+        for t in offs:
+            counts[min(int(max(t, 0) / bin_s), nb - 1)] += 1
+        ax.plot([(j + 0.5) * bin_s for j in range(nb)], [c / bin_s for c in counts],
+                label=f"rep {i + 1}: {r['rate_per_s']:.0f} {unit} end to end")
+    ax.set_xlabel("seconds since first inject request")
+    ax.set_ylabel(f"delivered {unit} (0.5 s bins)")
+    ax.set_title(f"mta-engine {workload}: {reps[0]['recipients']:,} recipients, durable ingest, "
+                 f"{WORKERS} workers")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_readme(latest: dict[str, dict[str, Any]]) -> None:
+    """Refresh the table from the newest JSON of each workload in bench/results."""
+    rows = []
+    for wl in ("W1", "W2"):
+        files = sorted(RESULTS.glob(f"{wl}-*.json"))
+        if not files:
+            continue
+        doc = latest.get(wl) or json.loads(files[-1].read_text())
+        s = doc["summary"]
+
+        def f(k: str, fmt: str = "{:,.0f}") -> str:
+            if k not in s:
+                return "–"
+            v = s[k]
+            return f"{fmt.format(v['median'])} ({fmt.format(v['min'])}–{fmt.format(v['max'])})"
+
+        unit = "msg/s" if wl == "W1" else "rcpt/s"
+        rows.append(f"| {wl} | {doc['recipients']:,} | {len(doc['repetitions'])} | {f('rate_per_s')} {unit} | "
+                    f"{f('elapsed_s', '{:.1f}')} | {f('cpu_ms_per_msg', '{:.2f}')} | {f('peak_rss_mb_sum')} | "
+                    f"{f('lmdb_commits_per_s', '{:.0f}')} | {f('spool_highwater_bytes_per_rcpt')} | "
+                    f"{f('rcpt_per_transaction', '{:.1f}') if wl == 'W2' else '1 (per-rcpt)'} | {doc['date']} | "
+                    f"`{doc['command']}` |")
+    m = machine()
+    text = f"""# Bench results (latest)
+
+Durable ingest (synced LMDB commits; the engine's only mode). End to end: from the first inject
+request to the last final outcome in the accounting log. Figures: median (min–max) over the
+repetitions. Machine: {m['nproc']} × {m['cpu_model']}, {m['mem_total_gb']} GB. Sinks: 8 × Postfix
+smtp-sink on 127.0.0.10–17, DNS: dnsmasq on 127.0.0.9 (1,023 domains, 686 sites).
+CPU = user+sys of the supervisor and all its children (ingest, manager, workers) during the run
+(startup excluded); RSS = sum of each process's VmHWM; spool = high-water size of the LMDB files
+divided by injected recipients (delivery runs concurrently, so this is not a full-backlog figure).
+
+| workload | recipients | reps | throughput | drain s | CPU ms/msg | peak RSS MB (sum) | LMDB commits/s | spool B/rcpt | rcpt/txn | date | command |
+|---|---|---|---|---|---|---|---|---|---|---|---|
+""" + "\n".join(rows) + """
+
+Targets on this 2-core machine: W1 ≥ 1,500 msg/s, W2 ≥ 20,000 rcpt/s.
+Raw per-repetition figures, config and machine info are in the JSON files; plots of delivered per
+second (one line per repetition) in the PNG files.
+"""
+    (RESULTS / "README.md").write_text(text)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="5,000 recipients, 1 repetition")
+    ap.add_argument("--workload", default="W1,W2", help="comma-separated: W1,W2")
+    ap.add_argument("--messages", type=int, default=None, help="recipients per repetition (default 20,000)")
+    ap.add_argument("--reps", type=int, default=None, help="repetitions (default 3; 1 with --quick)")
+    ap.add_argument("--seed", type=int, default=1)
+    args = ap.parse_args(argv)
+    n = args.messages or (5000 if args.quick else 20000)
+    reps = args.reps or (1 if args.quick else 3)
+    command = "python -m bench.run " + " ".join(argv if argv is not None else sys.argv[1:])
+    from tqdm import tqdm
+
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    date = dt.date.today().isoformat()
+    latest: dict[str, dict[str, Any]] = {}
+    for wl in [w.strip().upper() for w in args.workload.split(",") if w.strip()]:
+        unit = "msg/s" if wl == "W1" else "rcpt/s"
+        results = []
+        for rep in range(reps):
+            bar = tqdm(total=n, desc=f"{wl} rep {rep + 1}/{reps}", unit="rcpt", smoothing=0.1)
+
+            def progress(delivered: int, finals: int, bar: Any = bar) -> None:
+                bar.update(finals - bar.n)
+
+            try:
+                r = run_once(wl, n, seed=args.seed, progress=progress)
+            finally:
+                bar.close()
+            results.append(r)
+            print(f"  {wl} rep {rep + 1}: {r['rate_per_s']:,.0f} {unit}, {r['elapsed_s']:.2f} s, "
+                  f"CPU {r['cpu_ms_per_msg']:.2f} ms/msg, RSS {r['peak_rss_mb_sum']:.0f} MB, "
+                  f"delivered {r['delivered']}, bounced {r['bounced']}, sink mesg {r['sink']['mesg']}"
+                  + (f", {r['rcpt_per_transaction']} rcpt/txn" if wl == "W2" else ""), flush=True)
+        doc = {
+            "workload": wl, "date": date, "command": command, "recipients": n, "ingest": "durable",
+            "machine": machine(), "git_commit": git_commit(),
+            "config": {"engine_workers": WORKERS, "inject_batch": BATCH, "inject_concurrency": CONCURRENCY,
+                       "engine_extra": {"delivery": {"workers": WORKERS}},
+                       "engine_defaults_from": "tests/support/engine.py + mta_engine/config.py",
+                       "world": "dnsmasq 127.0.0.9; smtp-sink x8 on 127.0.0.10-17", "seed": args.seed,
+                       "time_limit_s": TIME_LIMIT_S},
+            "summary": summarise(results, SUMMARY_KEYS),
+            "repetitions": results,
+        }
+        (RESULTS / f"{wl}-{date}.json").write_text(json.dumps(doc, indent=1))
+        plot(wl, results, RESULTS / f"{wl}-{date}.png", unit)
+        latest[wl] = doc
+        s = doc["summary"]["rate_per_s"]
+        print(f"{wl}: median {s['median']:,.0f} {unit} (min {s['min']:,.0f}, max {s['max']:,.0f}) over {reps} reps")
+    write_readme(latest)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
