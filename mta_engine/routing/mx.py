@@ -7,11 +7,14 @@ into ``MxHost`` values before anything here sees them. Invalid input raises ``Va
 
 from __future__ import annotations
 
-import random
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from itertools import groupby
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # the rng is passed in; this module never draws randomness itself
+    import random
 
 __all__ = ["MxHost", "MxPlan", "is_null_mx", "normalize_domain", "order_mx", "site_key"]
 
