@@ -47,6 +47,8 @@ def _control(cfg: Config, req: dict[str, Any]) -> dict[str, Any]:
 
     try:
         return request(cfg.control.socket, req)
+    except PermissionError:
+        raise SystemExit(f"mta-engine: no permission to use {cfg.control.socket} (mode 0600): run as the engine's user")
     except (FileNotFoundError, ConnectionRefusedError):
         raise SystemExit(f"mta-engine: no engine is listening on {cfg.control.socket}; "
                          "start it with `make run` or `mta-engine serve`, or pass the --config it runs with")

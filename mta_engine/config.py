@@ -75,8 +75,9 @@ class QueueConfig:
     retry_intervals_s: list[float] = field(default_factory=lambda: [300.0, 600.0, 1200.0, 2400.0, 3600.0])
     """Delay before retry n (1-based); the last value repeats."""
     max_age_s: float = 5 * 86400.0
-    lease_s: float = 1200.0
-    """A dispatched recipient whose outcome never comes back is retried after this long."""
+    lease_s: float = 3600.0
+    """A dispatched recipient whose outcome never comes back is retried after this long; it must
+    exceed the longest possible session (the sum of the [delivery] timeouts, ~36 min by default)."""
     tick_s: float = 0.02
     max_inflight_per_worker: int = 20000
     """Recipients leased to one worker at once."""

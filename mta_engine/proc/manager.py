@@ -53,6 +53,7 @@ async def manager_main(cfg: Config) -> int:
     log.info("manager_started", pid=os.getpid(), spool=cfg.spool.path, control=cfg.control.socket,
              workers=cfg.worker_count)
     await mgr.run()
+    totals = mgr.status()["since_start"]
     ipc.close()
     control.close()
     acct.close()
@@ -62,7 +63,7 @@ async def manager_main(cfg: Config) -> int:
             os.unlink(path)
         except FileNotFoundError:
             pass
-    log.info("manager_stopped", **mgr.status()["since_start"])
+    log.info("manager_stopped", **totals)
     return 0
 
 

@@ -207,10 +207,10 @@ class Worker:
                                                mx_name=host.name)
                     return s, ep, []
                 except SessionRefused as exc:
-                    r = exc.reply
-                    code = r.code if 400 <= r.code < 600 else 451
-                    last = local_failure(idx, code, r.enhanced or ("5.0.0" if code >= 500 else "4.0.0"),
-                                         f"{host.name}[{ip}] refused the session: {r}", exc.phase)
+                    # A refused greeting/EHLO is about this host, not the recipients: try the next MX,
+                    # and if all refuse, defer (as Postfix does) rather than bounce (RFC 5321 §3.1).
+                    last = local_failure(idx, 451, "4.4.0", f"{host.name}[{ip}] refused the session: {exc.reply}",
+                                         exc.phase)
                 except (MtaError, OSError) as exc:
                     last = local_failure(idx, 451, "4.4.1", f"{host.name}[{ip}]: {error_text(exc)}", "connect")
                 if tried >= self.cfg.delivery.max_mx_hosts_per_attempt:

@@ -115,6 +115,7 @@ class Manager:
         if events:
             self.acct.write(events)
             self._outbox_written = max(self._outbox_written, events[-1].get("event_seq", 0))
+        self._outbox_written = max(self._outbox_written, self.acct.written_seq)
 
     # -- worker links ------------------------------------------------------------------------
     def on_frame(self, proto: FrameProtocol, frame: dict[str, Any]) -> None:
@@ -146,7 +147,10 @@ class Manager:
         link = proto.peer.get("link")
         if link is not None and self.workers.get(link.shard) is link:
             del self.workers[link.shard]
-            self._worker_gone(link)
+            if link.draining and not link.jobs:
+                log.info("worker_drained", shard=link.shard, pid=link.pid)
+            else:
+                self._worker_gone(link)
             self._wake.set()
 
     def _worker_gone(self, link: WorkerLink) -> None:
@@ -211,7 +215,7 @@ class Manager:
         if free:
             limit = min(sum(free.values()), 20000)
             due = await loop.run_in_executor(self._executor, self._scan_due, now_ms, limit)
-        if not (results or returns or due):
+        if not (results or returns or due or self._outbox_pending()):
             return False
         plans = await self._resolve({d.rec.domain for d in due})
         jobs_by_shard, leases, fails = self._route(due, plans, free, now)
@@ -236,6 +240,11 @@ class Manager:
             self._outbox_written = events[-1]["event_seq"]
         self._count(stats)
         return True
+
+    def _outbox_pending(self) -> bool:
+        """Events committed by ingest (Reception) that the log has not seen yet."""
+        with self.spool.read() as txn, txn.cursor(db=self.spool.dbs["outbox"]) as cur:
+            return bool(cur.set_range(records.u64(self._outbox_written + 1)))
 
     def _count(self, stats: TickStats) -> None:
         t = self.totals
@@ -299,7 +308,20 @@ class Manager:
             if leases:
                 self.writer.lease(txn, leases, now_ms)
             self.spool.events_append(txn, events)
-        return events
+            return self._unwritten_events(txn)
+
+    def _unwritten_events(self, txn: lmdb.Transaction) -> list[dict[str, Any]]:
+        """Every outbox event not yet in the accounting log: ours and ingest's (Reception), in order."""
+        out = []
+        with txn.cursor(db=self.spool.dbs["outbox"]) as cur:
+            if not cur.set_range(records.u64(self._outbox_written + 1)):
+                return out
+            for _, raw in cur:
+                try:
+                    out.append(records.decode_event(raw))
+                except SpoolCorrupt:
+                    continue
+        return out
 
     def _trim_outbox(self, txn: lmdb.Transaction, upto: int) -> None:
         db = self.spool.dbs["outbox"]

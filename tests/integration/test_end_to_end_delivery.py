@@ -37,6 +37,7 @@ def test_10000_recipients_over_200_domains_arrive_exactly_once(mail, tmp_path: P
         assert all(a["fail_count"] == 0 and len(a["queue_ids"]) == 1 for a in answers)
         finals = eng.wait_final(10_000, timeout_s=240)
         assert collections.Counter(e["type"] for e in finals) == {"Delivery": 10_000}
+        assert len(eng.events("Reception")) == 5  # one per accepted message
         ids = collections.Counter(e["queue_id"] for e in finals)
         assert len(ids) == 10_000 and max(ids.values()) == 1
         got = collections.Counter(mail.delivered_rcpts())

@@ -64,6 +64,9 @@ def test_built_content_renders_per_recipient(engine: Engine, mail) -> None:
                                   {"email": "bob@d000.test", "substitutions": {"first_name": "Bob"}}]})
     finals = engine.wait_final(2)
     assert {e["campaign"] for e in finals} == {"spring"} and {e["tenant"] for e in finals} == {"acme"}
+    (reception,) = engine.events("Reception")  # logged once per message, before its outcomes
+    assert reception["recipient_count"] == 2 and reception["campaign"] == "spring"
+    assert reception["event_seq"] < min(e["event_seq"] for e in finals)
     import email
     import email.policy
 
