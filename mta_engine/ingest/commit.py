@@ -35,11 +35,14 @@ def write_submissions(spool: Spool, subs: list[Submission], now_ms: int) -> list
             msg = Message(sender=sub.sender, created_ms=now_ms, n_rcpt=len(sub.recipients),
                           remaining=len(sub.recipients), campaign=sub.campaign, tenant=sub.tenant,
                           priority=sub.priority, size=sub.size, template=sub.template,
-                          per_recipient=sub.per_recipient)
+                          per_recipient=sub.per_recipient, dsn=sub.dsn, ret=sub.ret, envid=sub.envid)
             msg_items.append((mkey, msg.encode()))
             body_items.append((mkey, records.encode_body(sub.spec)))
+            params = sub.dsn_params
             for i, (addr, name, variables) in enumerate(sub.recipients):
                 rec = Recipient(addr, name, variables, State.QUEUED, 0, now_ms)
+                if params is not None:
+                    rec.notify, rec.orcpt = params[i]
                 rcpt_items.append((records.rcpt_key(msg_id, i), rec.encode()))
                 due_items.append((records.due_key(now_ms, msg_id, i), b""))
             events.append({"type": "Reception", "timestamp": now_ms / 1000.0, "queue_id": records.queue_id(msg_id),

@@ -26,9 +26,10 @@ from ..model import address_problem, sender_problem
 from ..template.render import MAX_LINE_OCTETS, compile_spec, has_template_syntax
 
 TOP_KEYS = {"envelope_sender", "content", "recipients", "substitutions", "campaign", "tenant", "priority",
-            "template_dialect"}
+            "template_dialect", "dsn"}
 CONTENT_KEYS = {"subject", "from", "reply_to", "headers", "text_body", "html_body"}
-RECIPIENT_KEYS = {"email", "name", "substitutions"}
+RECIPIENT_KEYS = {"email", "name", "substitutions", "notify", "orcpt"}
+NOTIFY_WORDS = {"SUCCESS", "FAILURE", "DELAY"}
 MAX_PRIORITY = 9
 
 
@@ -39,9 +40,14 @@ class Submission:
     sender: str
     spec: dict[str, Any]
     recipients: list[tuple[str, str | None, dict[str, Any] | None]]
+    dsn_params: list[tuple[str | None, str | None]] | None = None
+    """Per recipient (NOTIFY, ORCPT), parallel to ``recipients``; None when no recipient has any."""
     campaign: str | None = None
     tenant: str | None = None
     priority: int = 0
+    dsn: bool = True
+    ret: str | None = None
+    envid: str | None = None
     failed: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
 
@@ -150,6 +156,37 @@ def _substitutions(where: str, value: Any, errors: dict[str, str]) -> dict[str, 
     return value
 
 
+def notify_problem(value: Any) -> str | None:
+    """RFC 3461 §4.1: NEVER alone, or a comma list of SUCCESS, FAILURE, DELAY."""
+    if not isinstance(value, str) or not value:
+        return "must be a string"
+    words = [w.strip().upper() for w in value.split(",")]
+    if words == ["NEVER"]:
+        return None
+    if not words or any(w not in NOTIFY_WORDS for w in words) or len(set(words)) != len(words):
+        return 'must be "NEVER" or a comma list of SUCCESS, FAILURE, DELAY (RFC 3461 §4.1)'
+    return None
+
+
+def _dsn_options(value: Any, errors: dict[str, str]) -> tuple[bool, str | None, str | None]:
+    """Top-level ``dsn``: false (no DSNs for this message) or {"ret": ..., "envid": ...}."""
+    if value is None or value is True:
+        return True, None, None
+    if value is False:
+        return False, None, None
+    if not isinstance(value, dict) or not set(value) <= {"ret", "envid"}:
+        errors["dsn"] = 'must be false or {"ret": "FULL"|"HDRS", "envid": "..."}'
+        return True, None, None
+    ret = value.get("ret")
+    if ret is not None and ret not in ("FULL", "HDRS"):
+        errors["dsn.ret"] = 'must be "FULL" or "HDRS" (RFC 3461 §4.3)'
+    envid = value.get("envid")
+    if envid is not None and (not isinstance(envid, str) or not envid.isascii() or not envid.isprintable()
+                              or len(envid) > 100):
+        errors["dsn.envid"] = "must be printable ASCII, at most 100 characters (RFC 3461 §4.4)"
+    return True, ret, envid
+
+
 def parse_request(body: Any, *, now_s: float, boundary: str) -> Submission:
     """Validate a decoded JSON inject request; raise InjectError listing every bad field."""
     errors: dict[str, str] = {}
@@ -181,7 +218,9 @@ def parse_request(body: Any, *, now_s: float, boundary: str) -> Submission:
     if not isinstance(rcpts, list) or not rcpts:
         errors["recipients"] = "must be a non-empty list"
         rcpts = []
+    dsn, ret, envid = _dsn_options(body.get("dsn"), errors)
     accepted: list[tuple[str, str | None, dict[str, Any] | None]] = []
+    dsn_params: list[tuple[str | None, str | None]] = []
     failed: list[str] = []
     reasons: list[str] = []
     for i, r in enumerate(rcpts):
@@ -197,12 +236,20 @@ def parse_request(body: Any, *, now_s: float, boundary: str) -> Submission:
             errors[f"{where}.name"] = "must be a string"
             continue
         rsubs = _substitutions(f"{where}.substitutions", r.get("substitutions"), errors)
+        notify, orcpt = r.get("notify"), r.get("orcpt")
+        if notify is not None and (why := notify_problem(notify)):
+            errors[f"{where}.notify"] = why
+            continue
+        if orcpt is not None and (not isinstance(orcpt, str) or ";" not in orcpt):
+            errors[f"{where}.orcpt"] = 'must be "addr-type;address", e.g. "rfc822;user@example.com" (RFC 3461 §4.2)'
+            continue
         problem = address_problem(email_) if isinstance(email_, str) else "email is required"
         if problem:
             failed.append(email_ if isinstance(email_, str) else repr(email_))
             reasons.append(f"{where}: {email_!r}: {problem}")
             continue
         accepted.append((email_, name, rsubs or None))
+        dsn_params.append((notify.upper() if notify else None, orcpt))
     if spec is not None and not errors:
         spec["subs"] = subs or {}
         spec["date"] = formatdate(now_s, localtime=False)
@@ -215,4 +262,5 @@ def parse_request(body: Any, *, now_s: float, boundary: str) -> Submission:
         raise InjectError(errors)
     assert spec is not None and isinstance(sender, str)
     return Submission(sender=sender, spec=spec, recipients=accepted, campaign=campaign, tenant=tenant,
-                      priority=priority, failed=failed, errors=reasons)
+                      priority=priority, failed=failed, errors=reasons, dsn=dsn, ret=ret, envid=envid,
+                      dsn_params=dsn_params if any(n or o for n, o in dsn_params) else None)

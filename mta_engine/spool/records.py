@@ -94,11 +94,19 @@ class Message:
     template: bool = False
     per_recipient: bool = False
     """True when every recipient gets its own rendered body (one recipient per transaction)."""
+    dsn: bool = True
+    """False: never generate DSNs for this message (bulk senders that prefer webhooks)."""
+    ret: str | None = None
+    """RFC 3461 RET: "FULL" or "HDRS" (None = HDRS)."""
+    envid: str | None = None
+    """RFC 3461 ENVID."""
 
     def encode(self) -> bytes:
+        # Fields are appended over time with defaults, so older records still decode (same version).
         return msgpack.packb(
             [SCHEMA_VERSION, self.sender, self.created_ms, self.n_rcpt, self.remaining, self.campaign,
-             self.tenant, self.priority, self.size, self.template, self.per_recipient],
+             self.tenant, self.priority, self.size, self.template, self.per_recipient, self.dsn, self.ret,
+             self.envid],
             use_bin_type=True,
         )
 
@@ -128,11 +136,18 @@ class Recipient:
     last_code: int = 0
     last_enhanced: str | None = None
     last_text: str | None = None
+    notify: str | None = None
+    """RFC 3461 NOTIFY: "NEVER" or a comma list of SUCCESS, FAILURE, DELAY (None = default)."""
+    orcpt: str | None = None
+    """RFC 3461 ORCPT, e.g. "rfc822;user@example.com"."""
+    delay_notified: bool = False
+    """A delayed DSN was already sent for this recipient."""
 
     def encode(self) -> bytes:
         return msgpack.packb(
             [SCHEMA_VERSION, self.address, self.name, self.variables, self.state, self.attempts,
-             self.due_ms, self.last_code, self.last_enhanced, self.last_text],
+             self.due_ms, self.last_code, self.last_enhanced, self.last_text, self.notify, self.orcpt,
+             self.delay_notified],
             use_bin_type=True,
         )
 

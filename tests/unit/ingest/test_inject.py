@@ -60,3 +60,19 @@ def test_overlong_line_in_raw_content_is_refused() -> None:
     with pytest.raises(InjectError) as info:
         parse({"envelope_sender": "s@x.test", "content": "From: s@x.test\n\n" + "x" * 999, "recipients": ["a@y.test"]})
     assert "998" in info.value.errors["content"]
+
+
+def test_dsn_parameters_are_accepted_and_checked() -> None:
+    """NOTIFY/ORCPT per recipient and RET/ENVID per message are stored; bad values are named."""
+    sub = parse({"envelope_sender": "s@x.test", "content": "From: s@x.test\n\nx",
+                 "dsn": {"ret": "FULL", "envid": "batch-7"},
+                 "recipients": [{"email": "a@y.test", "notify": "failure,delay", "orcpt": "rfc822;a@y.test"},
+                                "b@y.test"]})
+    assert (sub.dsn, sub.ret, sub.envid) == (True, "FULL", "batch-7")
+    assert sub.dsn_params == [("FAILURE,DELAY", "rfc822;a@y.test"), (None, None)]
+    assert parse({"envelope_sender": "s@x.test", "content": "From: s@x.test\n\nx", "dsn": False,
+                  "recipients": ["a@y.test"]}).dsn is False
+    with pytest.raises(InjectError) as info:
+        parse({"envelope_sender": "s@x.test", "content": "From: s@x.test\n\nx", "dsn": {"ret": "ALL"},
+               "recipients": [{"email": "a@y.test", "notify": "NEVER,FAILURE"}, {"email": "b@y.test", "orcpt": "x"}]})
+    assert set(info.value.errors) == {"dsn.ret", "recipients[0].notify", "recipients[1].orcpt"}
