@@ -90,8 +90,9 @@ class Resolver:
         timeout_s: float = 5.0,
         clock: Callable[[], float] = time.monotonic,
         negative_ttl_s: float = 60.0,
-        transient_ttl_s: float = 5.0,
+        transient_ttl_s: float = 1.0,
         max_entries: int = 100_000,
+        max_concurrent_queries: int = 64,
     ) -> None:
         if nameservers is None:
             try:
@@ -103,8 +104,11 @@ class Resolver:
             self._dns = dns.asyncresolver.Resolver(configure=False)
             self._dns.nameservers = list(nameservers)
         self._dns.port = port
+        # A lost UDP query must be sent again within the lifetime: dnspython retries a server after
+        # each per-try timeout, so the per-try timeout is a fraction of the lifetime.
         self._dns.lifetime = timeout_s
-        self._dns.timeout = timeout_s
+        self._dns.timeout = max(0.2, min(1.0, timeout_s / 4))
+        self._slots = asyncio.Semaphore(max_concurrent_queries)  # bursts overflow a resolver's UDP buffer
         self._dns.cache = None  # we cache ourselves, on our clock
         self._clock = clock
         self._negative_ttl_s = negative_ttl_s
@@ -304,9 +308,10 @@ class Resolver:
                 enhanced=ENHANCED_DNS_TRANSIENT,
             )
         try:
-            answer = await self._dns.resolve(
-                name + ".", rdtype, raise_on_no_answer=False, search=False
-            )
+            async with self._slots:
+                answer = await self._dns.resolve(
+                    name + ".", rdtype, raise_on_no_answer=False, search=False
+                )
         except dns.resolver.NXDOMAIN as exc:
             responses = list(exc.responses().values())
             neg = _soa_negative_ttl(responses[0]) if responses else None
