@@ -64,7 +64,8 @@ def write_submissions(spool: Spool, subs: list[Submission], now_ms: int) -> list
 class GroupCommitter:
     """Batches concurrent submissions into shared synced commits."""
 
-    def __init__(self, spool: Spool, *, batch_max: int = 256, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, spool: Spool, *, batch_max: int = 256, clock: Callable[[], float] = time.time,
+                 on_commit: Callable[[], None] | None = None) -> None:
         self.spool = spool
         self.batch_max = batch_max
         self.clock = clock
@@ -73,6 +74,7 @@ class GroupCommitter:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="spool-writer")
         self.commits = 0
         self.submissions = 0
+        self.on_commit = on_commit
 
     def __repr__(self) -> str:
         return f"<GroupCommitter pending={len(self._pending)} commits={self.commits} submissions={self.submissions}>"
@@ -101,6 +103,8 @@ class GroupCommitter:
                     continue
                 self.commits += 1
                 self.submissions += len(batch)
+                if self.on_commit is not None:
+                    self.on_commit()
                 for (_, fut), msg_id in zip(batch, ids):
                     if not fut.done():
                         fut.set_result(msg_id)

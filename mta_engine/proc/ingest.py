@@ -13,14 +13,48 @@ from ..config import Config
 from ..ingest.commit import GroupCommitter
 from ..ingest.http import make_app
 from ..spool.store import Spool
+from .ipc import FrameProtocol
 
 log = structlog.get_logger("ingest")
+
+
+class ManagerNotice:
+    """Tells the manager that new work was committed, so it need not wait for its next poll.
+
+    Best effort: when the manager is not reachable the notice is dropped (the manager polls anyway).
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.proto: FrameProtocol | None = None
+        self._connecting = False
+
+    def __call__(self) -> None:
+        if self.proto is not None and self.proto.send({"t": "wake"}):
+            return
+        if not self._connecting:
+            self._connecting = True
+            asyncio.get_running_loop().create_task(self._connect())
+
+    async def _connect(self) -> None:
+        try:
+            _, proto = await asyncio.get_running_loop().create_unix_connection(
+                lambda: FrameProtocol(lambda p, f: None, self._lost), self.path)
+            self.proto = proto  # type: ignore[assignment]
+            proto.send({"t": "wake"})  # type: ignore[attr-defined]
+        except OSError:
+            pass
+        finally:
+            self._connecting = False
+
+    def _lost(self, proto: FrameProtocol, exc: Exception | None) -> None:
+        self.proto = None
 
 
 async def ingest_main(cfg: Config) -> int:
     loop = asyncio.get_running_loop()
     spool = Spool(cfg.spool.path, map_size_mb=cfg.spool.map_size_mb)
-    committer = GroupCommitter(spool, batch_max=cfg.http.commit_batch_max)
+    committer = GroupCommitter(spool, batch_max=cfg.http.commit_batch_max, on_commit=ManagerNotice(cfg.ipc_path))
     app = make_app(committer, max_request_mb=cfg.http.max_request_mb)
     runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=30)
     await runner.setup()

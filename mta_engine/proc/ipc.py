@@ -7,6 +7,7 @@ Frames are batches (many jobs, many outcomes) so that one syscall carries many r
     worker -> manager: {"t": "hello", "shard": int, "pid": int}
                        {"t": "outcomes", "items": [outcome, ...]}
                        {"t": "drained"}
+                       {"t": "wake"}  (from ingest: new work was committed)
     manager -> worker: {"t": "jobs", "items": [job, ...]}
                        {"t": "drain"}
 """

@@ -39,6 +39,9 @@ from .queue import QueueWriter, Result, TickStats
 
 log = structlog.get_logger("manager")
 
+RESOLVE_WAIT_S = 0.05
+"""How long a scheduling round waits for MX lookups before dispatching what is resolved."""
+
 
 @dataclass(slots=True)
 class WorkerLink:
@@ -86,6 +89,7 @@ class Manager:
         self.started_at = clock()
         self.ticks = 0
         self.commits = 0
+        self.last_tick: dict[str, Any] = {}
         self._outbox_written = 0
         self.on_shutdown_request: Callable[[], None] | None = None
 
@@ -104,14 +108,8 @@ class Manager:
         self._flush_outbox()
 
     def _flush_outbox(self) -> None:
-        db = self.spool.dbs["outbox"]
-        with self.spool.read() as txn, txn.cursor(db=db) as cur:
-            events = []
-            for _, raw in cur:
-                try:
-                    events.append(records.decode_event(raw))
-                except SpoolCorrupt:
-                    continue
+        with self.spool.read() as txn:
+            events = self.spool.events_after(txn, 0)
         if events:
             self.acct.write(events)
             self._outbox_written = max(self._outbox_written, events[-1].get("event_seq", 0))
@@ -137,6 +135,8 @@ class Manager:
             log.info("worker_connected", shard=shard, pid=link.pid)
             if self.draining:
                 proto.send({"t": "drain"})
+            self._wake.set()
+        elif t == "wake":  # ingest committed new work
             self._wake.set()
         elif t == "drained":
             link = proto.peer.get("link")
@@ -212,16 +212,25 @@ class Manager:
         due: list[Due] = []
         now = self.clock()
         now_ms = int(now * 1000)
+        t0 = time.perf_counter()
         if free:
-            limit = min(sum(free.values()), 20000)
+            limit = min(sum(free.values()), self.cfg.queue.scan_batch)
             due = await loop.run_in_executor(self._executor, self._scan_due, now_ms, limit)
         if not (results or returns or due or self._outbox_pending()):
             return False
+        t1 = time.perf_counter()
         plans = await self._resolve({d.rec.domain for d in due})
+        t2 = time.perf_counter()
         jobs_by_shard, leases, fails = self._route(due, plans, free, now)
         stats = TickStats()
+        t3 = time.perf_counter()
         events = await loop.run_in_executor(self._executor, self._commit, results + returns, leases, fails,
                                             now_ms, stats)
+        t4 = time.perf_counter()
+        self.last_tick = {"scan_ms": round((t1 - t0) * 1000, 2), "resolve_ms": round((t2 - t1) * 1000, 2),
+                          "route_ms": round((t3 - t2) * 1000, 2), "commit_ms": round((t4 - t3) * 1000, 2),
+                          "due": len(due), "results": len(results), "leased": len(leases)}
+        log.debug("tick_done", **self.last_tick)
         self.commits += 1
         self.ticks += 1
         for shard, jobs in jobs_by_shard.items():
@@ -243,8 +252,8 @@ class Manager:
 
     def _outbox_pending(self) -> bool:
         """Events committed by ingest (Reception) that the log has not seen yet."""
-        with self.spool.read() as txn, txn.cursor(db=self.spool.dbs["outbox"]) as cur:
-            return bool(cur.set_range(records.u64(self._outbox_written + 1)))
+        with self.spool.read() as txn:
+            return self.spool.events_pending(txn, self._outbox_written)
 
     def _count(self, stats: TickStats) -> None:
         t = self.totals
@@ -300,7 +309,7 @@ class Manager:
         events: list[dict[str, Any]] = []
         with self.spool.write() as txn:
             if self._outbox_written:
-                self._trim_outbox(txn, self._outbox_written)
+                self.spool.events_trim(txn, self._outbox_written)
             if results:
                 self.writer.apply(txn, results, now_ms, stats, events)
             for items, why in fails:
@@ -308,29 +317,8 @@ class Manager:
             if leases:
                 self.writer.lease(txn, leases, now_ms)
             self.spool.events_append(txn, events)
-            return self._unwritten_events(txn)
-
-    def _unwritten_events(self, txn: lmdb.Transaction) -> list[dict[str, Any]]:
-        """Every outbox event not yet in the accounting log: ours and ingest's (Reception), in order."""
-        out = []
-        with txn.cursor(db=self.spool.dbs["outbox"]) as cur:
-            if not cur.set_range(records.u64(self._outbox_written + 1)):
-                return out
-            for _, raw in cur:
-                try:
-                    out.append(records.decode_event(raw))
-                except SpoolCorrupt:
-                    continue
-        return out
-
-    def _trim_outbox(self, txn: lmdb.Transaction, upto: int) -> None:
-        db = self.spool.dbs["outbox"]
-        with txn.cursor(db=db) as cur:
-            if not cur.first():
-                return
-            while cur.key() and records.from_u64(cur.key()) <= upto:
-                if not cur.delete():
-                    break
+            # every event not yet in the accounting log: ours and ingest's (Reception), in order
+            return self.spool.events_after(txn, self._outbox_written)
 
     # -- routing ------------------------------------------------------------------------------
     async def _resolve(self, domains: set[str]) -> dict[str, MxPlan | DnsError]:
@@ -343,14 +331,23 @@ class Manager:
             else:
                 missing.append(d)
         if missing:
-            answers = await asyncio.gather(*(self.resolver.resolve_mx(d) for d in missing), return_exceptions=True)
-            for d, a in zip(missing, answers):
-                if isinstance(a, DnsError):
-                    out[d] = a
-                elif isinstance(a, BaseException):
-                    out[d] = DnsError(f"lookup failed: {a!r}", permanent=False)
+            # Do not hold the whole round for the slowest lookup: what resolves within a short wait
+            # is dispatched now; the rest stays due and goes out in a later round (a finished lookup
+            # wakes the loop).
+            tasks = {asyncio.ensure_future(self.resolver.resolve_mx(d)): d for d in missing}
+            for t in tasks:
+                t.add_done_callback(lambda _t: self._wake.set())
+            await asyncio.wait(tasks, timeout=RESOLVE_WAIT_S)
+            for t, d in tasks.items():
+                if not t.done():
+                    continue
+                exc = t.exception()
+                if isinstance(exc, DnsError):
+                    out[d] = exc
+                elif exc is not None:
+                    out[d] = DnsError(f"lookup failed: {exc!r}", permanent=False)
                 else:
-                    out[d] = a
+                    out[d] = t.result()
         return out
 
     def shard_of(self, site: str) -> int:
@@ -376,8 +373,10 @@ class Manager:
         leases: list[tuple[bytes, int, int]] = []
         for (msg_id, domain), ds in groups.items():
             plan = plans.get(domain)
-            if isinstance(plan, DnsError) or plan is None:
-                err = plan if plan is not None else DnsError("no answer", permanent=False)
+            if plan is None:
+                continue  # lookup still running: stays due for the next round
+            if isinstance(plan, DnsError):
+                err = plan
                 code = 550 if err.permanent else 451
                 if err.enhanced == "5.1.10":
                     code = 556  # RFC 7505 §4.1
@@ -439,4 +438,5 @@ class Manager:
                          "draining": w.draining} for w in sorted(self.workers.values(), key=lambda w: w.shard)],
             "workers_expected": self.nshards,
             "ticks": self.ticks,
+            "last_tick": self.last_tick,
         }

@@ -7,7 +7,7 @@ Keys are fixed-width big-endian so LMDB orders them numerically:
 - message id: u64 (8 bytes); queue id text = 16 hex digits
 - recipient key: message id + u32 recipient index (12 bytes); text ``<queue id>.<index>``
 - due key: u64 due time in ms + recipient key (20 bytes)
-- outbox key: u64 event sequence number
+- outbox key: u64 last event sequence number of the batch
 """
 
 from __future__ import annotations
@@ -182,15 +182,15 @@ def decode_body(data: bytes) -> dict[str, Any]:
     return spec
 
 
-def encode_event(event: dict[str, Any]) -> bytes:
-    return msgpack.packb(event, use_bin_type=True)
+def encode_events(events: list[dict[str, Any]]) -> bytes:
+    return msgpack.packb([SCHEMA_VERSION, events], use_bin_type=True)
 
 
-def decode_event(data: bytes) -> dict[str, Any]:
+def decode_events(data: bytes) -> list[dict[str, Any]]:
     try:
-        event = msgpack.unpackb(data, raw=False)
+        v, events = msgpack.unpackb(data, raw=False)
     except Exception as exc:
-        raise SpoolCorrupt(f"undecodable event record: {exc}") from exc
-    if not isinstance(event, dict):
-        raise SpoolCorrupt("event record is not a map")
-    return event
+        raise SpoolCorrupt(f"undecodable event batch: {exc}") from exc
+    if v != SCHEMA_VERSION or not isinstance(events, list):
+        raise SpoolCorrupt("event batch has no supported version")
+    return events

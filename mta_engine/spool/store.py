@@ -13,7 +13,8 @@ Named databases:
     due      due key (due ms + recipient key) -> b"" : the scheduler's work list, ordered by time
     inflight recipient key -> u64 lease expiry ms: recipients leased to a worker (small; scanned at
              manager start to re-queue what the previous manager had in flight)
-    outbox   event sequence -> accounting event, written in the same transaction as the change
+    outbox   last event sequence of a batch -> the batch of accounting events (one record per
+             transaction), written in the same transaction as the change it reports
     corrupt  undecodable records moved aside, keyed by "<db>:<hex key>"
 """
 
@@ -26,7 +27,7 @@ from typing import Any, Iterator
 
 import lmdb
 
-from ..errors import SpoolError, SpoolFull
+from ..errors import SpoolCorrupt, SpoolError, SpoolFull
 from . import records
 
 DB_NAMES = ("meta", "msg", "body", "rcpt", "due", "inflight", "outbox", "corrupt")
@@ -79,17 +80,43 @@ class Spool:
         return first
 
     def events_append(self, txn: lmdb.Transaction, events: list[dict[str, Any]]) -> None:
-        """Append accounting events to the outbox, each with a unique increasing ``event_seq``."""
+        """Append accounting events to the outbox, each with a unique increasing ``event_seq``.
+
+        One record per call (keyed by its last sequence number): a tick's 10,000 outcomes cost one
+        put, not 10,000.
+        """
         if not events:
             return
         first = self.counter_take(txn, b"next_event", len(events))
-        db = self.dbs["outbox"]
-        items = []
         for i, ev in enumerate(events):
             ev["event_seq"] = first + i
-            items.append((records.u64(first + i), records.encode_event(ev)))
-        with txn.cursor(db=db) as cur:
-            cur.putmulti(items, append=True)
+        txn.put(records.u64(first + len(events) - 1), records.encode_events(events), db=self.dbs["outbox"])
+
+    def events_after(self, txn: lmdb.Transaction, seq: int) -> list[dict[str, Any]]:
+        """Outbox events with ``event_seq`` > seq, in order (undecodable batches are skipped)."""
+        out: list[dict[str, Any]] = []
+        with txn.cursor(db=self.dbs["outbox"]) as cur:
+            if not cur.set_range(records.u64(seq + 1)):
+                return out
+            for _, raw in cur:
+                try:
+                    out.extend(ev for ev in records.decode_events(raw) if ev.get("event_seq", 0) > seq)
+                except SpoolCorrupt:
+                    continue
+        return out
+
+    def events_pending(self, txn: lmdb.Transaction, seq: int) -> bool:
+        with txn.cursor(db=self.dbs["outbox"]) as cur:
+            return bool(cur.set_range(records.u64(seq + 1)))
+
+    def events_trim(self, txn: lmdb.Transaction, upto: int) -> None:
+        """Drop outbox batches whose events are all written (last sequence <= upto)."""
+        with txn.cursor(db=self.dbs["outbox"]) as cur:
+            if not cur.first():
+                return
+            while cur.key() and records.from_u64(cur.key()) <= upto:
+                if not cur.delete():
+                    break
 
     def move_aside(self, txn: lmdb.Transaction, db: str, key: bytes) -> None:
         """Move an undecodable record to ``corrupt`` so it never stops the engine again."""

@@ -11,7 +11,9 @@ PKG = Path(__file__).resolve().parents[2] / "mta_engine"
 IO_MODULES = {"asyncio", "socket", "ssl", "uvloop", "lmdb", "time", "random", "structlog", "subprocess"}
 PURE = ["smtp/reply.py", "smtp/body.py", "smtp/events.py", "smtp/_state.py", "smtp/connection.py",
         "sched/backoff.py", "delivery/outcome.py", "routing/mx.py", "spool/records.py", "model.py",
-        "template/render.py", "ingest/inject.py"]
+        "template/render.py", "ingest/inject.py", "dsn/status.py", "dsn/report.py", "sched/retry.py",
+        "sched/throttle.py", "sched/window.py", "sched/site.py", "sched/limits.py", "sched/fairness.py",
+        "sched/signals.py"]
 
 
 def imported(path: Path) -> set[str]:
