@@ -66,15 +66,24 @@ def _print_status(st: dict[str, Any]) -> None:
         print(f"  shard {w['shard']}  pid {w['pid']}  jobs {w['jobs']}  in-flight {w['in_flight']}"
               f"{'  draining' if w['draining'] else ''}")
     if st["sites_top10"]:
-        print("top sites   delivered  deferred  bounced  in-flight")
+        print("top sites   delivered  deferred  bounced  in-flight  ready  mode      window")
         for site in st["sites_top10"]:
             print(f"  {site['site'][:40]:40} {site['delivered']:9} {site['deferred']:9} {site['bounced']:8} "
-                  f"{site['in_flight']:9}")
+                  f"{site['in_flight']:9} {site['ready']:6}  {site.get('mode', '-'):9} "
+                  f"{site.get('window', '-')}/{site.get('window_limit', '-')}")
+    for site in st.get("sites_not_normal", []):
+        print(f"  not normal: {site['site']} {site['mode']} window {site['window']}/{site['window_limit']}")
+    for kind, values in st.get("suspended", {}).items():
+        print(f"suspended {kind}: {', '.join(values)}")
 
 
 def cmd_ctl(args: argparse.Namespace) -> int:
     cfg = _load(args)
-    resp = _control(cfg, {"cmd": args.command})
+    req: dict[str, Any] = {"cmd": args.command}
+    for key in ("site", "domain", "campaign", "tenant"):
+        if getattr(args, key, None):
+            req[key] = getattr(args, key)
+    resp = _control(cfg, req)
     if not resp.get("ok"):
         print(f"mta-engine: {resp.get('error')}", file=sys.stderr)
         return 1
@@ -140,9 +149,15 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--timeout", type=float, default=300.0)
     i.set_defaults(func=cmd_inject)
     k = with_config(sub.add_parser("ctl", help="operate a running engine over its control socket"))
-    k.add_argument("command", choices=["status", "shutdown"])
+    k.add_argument("command", choices=["status", "shutdown", "suspend", "resume"],
+                   help="suspend/resume take one of --site, --domain, --campaign, --tenant")
+    for key in ("site", "domain", "campaign", "tenant"):
+        k.add_argument(f"--{key}", help=f"the {key} to suspend or resume")
     k.add_argument("--json", action="store_true", help="print the raw JSON answer")
     k.set_defaults(func=cmd_ctl)
+    from .dsn.classify_cli import register as register_classify
+
+    register_classify(sub)
     g = with_config(sub.add_parser("config", help="print the effective configuration"))
     g.set_defaults(func=cmd_config)
     return p

@@ -72,8 +72,12 @@ class DeliveryConfig:
 
 @dataclass(frozen=True)
 class QueueConfig:
-    retry_intervals_s: list[float] = field(default_factory=lambda: [300.0, 600.0, 1200.0, 2400.0, 3600.0])
-    """Delay before retry n (1-based); the last value repeats."""
+    retry_first_s: float = 300.0
+    retry_factor: float = 2.0
+    retry_max_s: float = 3600.0
+    retry_jitter: float = 0.2
+    retry_intervals_s: list[float] = field(default_factory=list)
+    """A fixed list of delays (the last repeats) instead of the exponential schedule; [] = exponential."""
     max_age_s: float = 5 * 86400.0
     lease_s: float = 3600.0
     """A dispatched recipient whose outcome never comes back is retried after this long; it must
@@ -83,6 +87,33 @@ class QueueConfig:
     """Due recipients taken per scheduling round: smaller rounds start the first deliveries sooner."""
     max_inflight_per_worker: int = 20000
     """Recipients leased to one worker at once."""
+
+
+@dataclass(frozen=True)
+class SchedConfig:
+    throttle_rules: list[str] = field(default_factory=list)
+    """Extra throttle-rule TOML files, checked before the shipped rules."""
+    default_throttle_rules: bool = True
+    dead_after_failures: int = 5
+    dead_s: float = 300.0
+    max_dead_s: float = 3600.0
+    flow_stage_max: int = 20000
+    """Recipients of one (site, priority, tenant, campaign) flow held ready in the manager at once."""
+    staged_max: int = 200000
+    """Recipients held ready in the manager at once, all flows."""
+    messages_per_job: int = 50
+    """Per-recipient (rendered) messages sent over one session slot before it goes back to the manager."""
+    defaults: dict[str, Any] = field(default_factory=dict)
+    """Per-site limit defaults over [delivery]: see docs/configuration.md ([sched.defaults])."""
+    site: list[dict[str, Any]] = field(default_factory=list)
+    """Per-site overrides ([[sched.site]] with domain/site/pattern)."""
+
+
+@dataclass(frozen=True)
+class BounceConfig:
+    rules: list[str] = field(default_factory=list)
+    """Extra bounce-classification rule files (TOML), checked before the shipped rules."""
+    default_rules: bool = True
 
 
 @dataclass(frozen=True)
@@ -101,6 +132,8 @@ class Config:
     dns: DnsConfig = field(default_factory=DnsConfig)
     delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
     queue: QueueConfig = field(default_factory=QueueConfig)
+    sched: SchedConfig = field(default_factory=SchedConfig)
+    bounce: BounceConfig = field(default_factory=BounceConfig)
     log: LogConfig = field(default_factory=LogConfig)
     source: str = "<defaults>"
 
@@ -120,7 +153,8 @@ class Config:
 
 _SECTION_TYPES = {
     "spool": SpoolConfig, "http": HttpConfig, "control": ControlConfig, "dns": DnsConfig,
-    "delivery": DeliveryConfig, "queue": QueueConfig, "log": LogConfig,
+    "delivery": DeliveryConfig, "queue": QueueConfig, "sched": SchedConfig, "bounce": BounceConfig,
+    "log": LogConfig,
 }
 
 
@@ -142,6 +176,10 @@ def _check_value(where: str, value: Any, annotation: Any) -> Any:
     if annotation is str:
         if not isinstance(value, str):
             raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return value
+    if get_origin(annotation) is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a table")
         return value
     if annotation is bool:
         if not isinstance(value, bool):
@@ -169,8 +207,34 @@ def _validate(cfg: Config) -> None:
     for name in ("max_connections_per_site", "max_messages_per_connection", "max_mx_hosts_per_attempt"):
         if getattr(cfg.delivery, name) < 1:
             raise bad(f"delivery.{name}", "must be >= 1")
-    if not cfg.queue.retry_intervals_s or any(v <= 0 for v in cfg.queue.retry_intervals_s):
-        raise bad("queue.retry_intervals_s", "must be a non-empty list of positive numbers")
+    if any(v <= 0 for v in cfg.queue.retry_intervals_s):
+        raise bad("queue.retry_intervals_s", "must be positive numbers ([] = exponential schedule)")
+    from .sched.limits import LimitTable, SiteLimits
+    from .sched.retry import RetryPolicy
+    from .sched.signals import ThrottleRules
+
+    try:
+        RetryPolicy.from_config(cfg.queue)
+    except ValueError as exc:
+        raise bad("queue.retry_*", str(exc)) from None
+    try:
+        limits = LimitTable.from_config({"defaults": cfg.sched.defaults, "site": cfg.sched.site},
+                                        SiteLimits.from_config(cfg.delivery, cfg.queue))
+        limits.for_site("probe", ["probe.invalid"], ["mx.probe.invalid"])
+    except (ConfigError, ValueError) as exc:
+        raise ConfigError(f"{cfg.source}: {exc}") from None
+    try:
+        ThrottleRules.from_files(*cfg.sched.throttle_rules, include_default=cfg.sched.default_throttle_rules)
+    except (ConfigError, OSError) as exc:
+        raise ConfigError(f"{cfg.source}: sched.throttle_rules: {exc}") from None
+    from .dsn.classify import Classifier
+
+    try:
+        Classifier.from_files(*cfg.bounce.rules, include_default=cfg.bounce.default_rules)
+    except (ConfigError, OSError) as exc:
+        raise ConfigError(f"{cfg.source}: bounce.rules: {exc}") from None
+    if cfg.sched.dead_after_failures < 1 or cfg.sched.messages_per_job < 1 or cfg.sched.flow_stage_max < 1:
+        raise bad("sched", "dead_after_failures, messages_per_job and flow_stage_max must be >= 1")
     if cfg.queue.max_age_s <= 0:
         raise bad("queue.max_age_s", "must be positive")
     if cfg.log.level not in ("debug", "info", "warning", "error"):

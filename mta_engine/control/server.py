@@ -43,7 +43,7 @@ async def _client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, ha
         else:
             resp = {"ok": True, **(await handler(req))}
     except (asyncio.IncompleteReadError, asyncio.TimeoutError, ValueError) as exc:
-        resp = {"ok": False, "error": f"bad request: {exc}"}
+        resp = {"ok": False, "error": str(exc) if isinstance(exc, ValueError) else f"bad request: {exc}"}
     except Exception as exc:  # a handler bug must not kill the manager
         log.exception("control_request_failed")
         resp = {"ok": False, "error": f"internal error: {exc!r}"}

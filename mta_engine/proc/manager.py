@@ -32,6 +32,18 @@ async def manager_main(cfg: Config) -> int:
     async def status(req: dict[str, Any]) -> dict[str, Any]:
         return {"status": mgr.status()}
 
+    def selector(req: dict[str, Any]) -> tuple[str, str]:
+        picked = [(k, req[k]) for k in mgr.SELECTORS if isinstance(req.get(k), str)]
+        if len(picked) != 1:
+            raise ValueError("name exactly one of site, domain, campaign, tenant")
+        return picked[0]
+
+    async def suspend(req: dict[str, Any]) -> dict[str, Any]:
+        return {"message": mgr.suspend(*selector(req))}
+
+    async def resume(req: dict[str, Any]) -> dict[str, Any]:
+        return {"message": mgr.resume(*selector(req))}
+
     async def shutdown(req: dict[str, Any]) -> dict[str, Any]:
         if supervisor_pid:
             os.kill(supervisor_pid, signal.SIGTERM)
@@ -47,7 +59,8 @@ async def manager_main(cfg: Config) -> int:
         ipc = await loop.create_unix_server(lambda: FrameProtocol(mgr.on_frame, mgr.on_lost), ipc_path)
     finally:
         os.umask(old)
-    control = await serve_control(cfg.control.socket, {"status": status, "shutdown": shutdown})
+    control = await serve_control(cfg.control.socket, {"status": status, "shutdown": shutdown,
+                                                              "suspend": suspend, "resume": resume})
     loop.add_signal_handler(signal.SIGTERM, mgr.drain)
     loop.add_signal_handler(signal.SIGINT, lambda: None)
     log.info("manager_started", pid=os.getpid(), spool=cfg.spool.path, control=cfg.control.socket,

@@ -26,7 +26,7 @@ from ..config import Config
 from ..delivery.outcome import Outcome, error_text, local_failure, transaction_outcomes
 from ..delivery.pool import ConnectionPool, Endpoint
 from ..delivery.session import SessionRefused, SmtpSession, SmtpTimeouts
-from ..errors import DnsError, MtaError, SpoolCorrupt
+from ..errors import DeliveryTimeout, DnsError, MtaError, SpoolCorrupt
 from ..routing.mx import MxHost, order_mx
 from ..routing.resolver import Resolver
 from ..smtp.body import data_payload
@@ -101,8 +101,11 @@ class Worker:
             log.warning("manager_lost", shard=self.shard)
             self.done.set()
 
-    def report(self, job: dict[str, Any], results: list[Outcome], mx: str | None = None, ip: str | None = None) -> None:
-        self._out.append({"id": job["id"], "results": results, "mx": mx, "ip": ip})
+    def report(self, job: dict[str, Any], results: list[Outcome], mx: str | None = None, ip: str | None = None,
+               kind: str = "delivered") -> None:
+        """Queue one job's outcome for the manager. ``kind`` tells the site how the session went:
+        delivered (the server answered, whatever it said), connect_failed, timeout, closing_421."""
+        self._out.append({"id": job["id"], "results": results, "mx": mx, "ip": ip, "kind": kind})
         if len(self._out) >= FLUSH_ITEMS:
             self.flush()
         elif self._flush_handle is None:
@@ -125,7 +128,8 @@ class Worker:
         if sq is None:
             sq = self.sites[job["site"]] = SiteQueue(job["site"])
         sq.jobs.append(job)
-        if sq.runners < self.cfg.delivery.max_connections_per_site and sq.runners < len(sq.jobs):
+        cap = job.get("conns") or self.cfg.delivery.max_connections_per_site
+        if sq.runners < cap and sq.runners < len(sq.jobs):
             sq.runners += 1
             asyncio.get_running_loop().create_task(self.run_site(sq))
 
@@ -183,10 +187,10 @@ class Worker:
         mid = f"{records.rcpt_id(job['msg'], index)}@{self.ehlo_name}"
         return data_payload(body.template.render(address=address, name=name, variables=variables, message_id=mid))
 
-    async def connect(self, job: dict[str, Any]) -> tuple[SmtpSession | None, Endpoint | None, list[Outcome]]:
+    async def connect(self, job: dict[str, Any], idx: list[int]) -> tuple[SmtpSession | None, Endpoint | None,
+                                                                          list[Outcome]]:
         """A session to one of the job's MX hosts, trying them in order (RFC 5321 §5.1)."""
         hosts = order_mx([MxHost(p, n) for p, n in job["mx"]], self.rng)
-        idx = [r[0] for r in job["rcpts"]]
         last: list[Outcome] = local_failure(idx, 451, "4.4.4", "no MX host could be resolved", "connect")
         tried = 0
         port = self.cfg.delivery.port
@@ -217,44 +221,73 @@ class Worker:
                     return None, None, last
         return None, None, last
 
+    def _fresh(self, session: SmtpSession | None, job: dict[str, Any]) -> SmtpSession | None:
+        """The session if it may carry another transaction; else close it and return None."""
+        cap = job.get("msgs_per_conn") or self.cfg.delivery.max_messages_per_connection
+        if session is not None and (not session.usable or session.transactions >= cap):
+            asyncio.get_running_loop().create_task(session.close())
+            return None
+        return session
+
     async def deliver(self, job: dict[str, Any], session: SmtpSession | None,
                       endpoint: Endpoint | None) -> tuple[SmtpSession | None, Endpoint | None]:
+        """One job: one transaction with all recipients (shared body), or one transaction per
+        recipient over the same session (rendered bodies). Reports one outcome per recipient."""
         try:
             body = self.body(job["msg"])
         except (SpoolCorrupt, MtaError) as exc:
             self.report(job, local_failure([r[0] for r in job["rcpts"]], 451, "4.3.0", str(exc), "queue"))
             return session, endpoint
-        if session is not None and (not session.usable
-                                    or session.transactions >= self.cfg.delivery.max_messages_per_connection):
-            asyncio.get_running_loop().create_task(session.close())
-            session = None
-        if session is None:
-            session, endpoint, failed = await self.connect(job)
-            if session is None:
-                self.report(job, failed)
-                return None, None
-        assert endpoint is not None
         rcpts = {r[0]: r for r in job["rcpts"]}
-        pending = list(rcpts)
+        batches = [[i] for i in rcpts] if job["per_rcpt"] else [list(rcpts)]
         results: list[Outcome] = []
+        kind = "delivered"
+        mx = ip = None
+        for n, batch in enumerate(batches):
+            session = self._fresh(session, job)
+            if session is None:
+                session, endpoint, failed = await self.connect(job, [i for b in batches[n:] for i in b])
+                if session is None:
+                    results.extend(failed)
+                    kind = "connect_failed" if failed and failed[0][4] in ("connect", "dns") else "closing_421"
+                    break
+            assert endpoint is not None
+            mx, ip = session.mx_name, endpoint.ip
+            batch_kind = await self._transactions(job, body, session, rcpts, batch, results)
+            if batch_kind != "delivered":
+                kind = batch_kind
+            if not session.usable:
+                session.abort()
+                session = endpoint = None
+                if batch_kind in ("closing_421", "timeout"):
+                    # the site is pushing back: give the rest back to the manager's pacing
+                    rest = [i for b in batches[n + 1:] for i in b]
+                    results.extend(local_failure(rest, 451, "4.4.2", "not attempted: the previous session "
+                                                 "on this site was closed", "connect"))
+                    break
+        self.report(job, results, mx, ip, kind)
+        return session, endpoint
+
+    async def _transactions(self, job: dict[str, Any], body: Body, session: SmtpSession, rcpts: dict[int, Any],
+                            pending: list[int], results: list[Outcome]) -> str:
+        """Send ``pending`` in as many transactions as 452 splits require; returns the session's kind."""
         while pending:
-            first = rcpts[pending[0]]
-            payload = self.payload(job, body, first)
+            payload = self.payload(job, body, rcpts[pending[0]])
             result = await session.transaction(job["sender"], [rcpts[i][1] for i in pending], payload)
             out, again = transaction_outcomes(pending, result)
             results.extend(out)
+            if result.error is not None:
+                if any(o[1] == 421 for o in out):
+                    return "closing_421"
+                return "timeout" if isinstance(result.error, (DeliveryTimeout, TimeoutError)) else "closing_421"
             if not again:
-                break
+                return "delivered"
             if not session.usable:
                 results.extend(local_failure(again, 451, "4.4.2", "not attempted: the session closed before "
                                              "a new transaction for the remaining recipients", "rcpt"))
-                break
+                return "delivered"
             pending = again
-        self.report(job, results, session.mx_name, endpoint.ip)
-        if not session.usable:
-            session.abort()
-            return None, None
-        return session, endpoint
+        return "delivered"
 
     # -- lifecycle ------------------------------------------------------------------------------
     def drain(self) -> None:

@@ -27,6 +27,7 @@ import lmdb
 import structlog
 
 from ..config import Config
+from ..dsn.classify import Classifier
 from ..errors import DnsError, SpoolCorrupt
 from ..obs.accounting import AccountingLog
 from ..proc.ipc import FrameProtocol
@@ -35,10 +36,22 @@ from ..spool import records
 from ..spool.records import Recipient
 from ..spool.store import Spool
 from .backoff import is_expired
+from .limits import LimitTable, SiteLimits
 from .queue import QueueWriter, Result, TickStats
+from .ready import ReadyQueues, StagedJob
+from .retry import RetryPolicy
+from .signals import ThrottleRules
+from .site import Mode, SiteState
 
 log = structlog.get_logger("manager")
 
+SWEEP_S = 10.0
+"""How often ready and held recipients are checked against max age."""
+FULL_SCAN_S = 30.0
+"""How often the due scan starts again from the very beginning of the index."""
+CURSOR_BACK_MS = 2000
+"""After catching up, the next scan starts this far before now: entries committed by ingest a
+moment ago (their due time is their commit time) sort just before the present."""
 RESOLVE_WAIT_S = 0.05
 """How long a scheduling round waits for MX lookups before dispatching what is resolved."""
 
@@ -74,9 +87,25 @@ class Manager:
         self.acct = acct
         self.clock = clock
         self.nshards = cfg.worker_count
-        q = cfg.queue
-        self.writer = QueueWriter(spool, retry_intervals_s=q.retry_intervals_s, max_age_s=q.max_age_s,
-                                  lease_s=q.lease_s)
+        q, sc = cfg.queue, cfg.sched
+        self.classifier = Classifier.from_files(*cfg.bounce.rules, include_default=cfg.bounce.default_rules)
+        self.writer = QueueWriter(spool, retry=RetryPolicy.from_config(q), max_age_s=q.max_age_s, lease_s=q.lease_s,
+                                  classifier=self.classifier)
+        self.limit_table = LimitTable.from_config({"defaults": sc.defaults, "site": sc.site},
+                                                  SiteLimits.from_config(cfg.delivery, q))
+        self.rules = ThrottleRules.from_files(*sc.throttle_rules, include_default=sc.default_throttle_rules)
+        self.sites: dict[str, SiteState] = {}
+        self.site_info: dict[str, list[str]] = {}
+        self.mx_of: dict[str, list[list[Any]]] = {}
+        self.ready = ReadyQueues(flow_max=sc.flow_stage_max, total_max=sc.staged_max)
+        self.suspensions: dict[str, set[str]] = {"site": set(), "domain": set(), "campaign": set(), "tenant": set()}
+        self._cursor: bytes | None = None
+        self._rescan_from: bytes | None = None
+        """The earliest due entry a scan passed without staging (lookup pending, flow full)."""
+        self._rescan_dns = False
+        self._rescan_flows: set[tuple[str, Any]] = set()
+        self._full_scan_at = 0.0
+        self._sweep_at = 0.0
         self.workers: dict[int, WorkerLink] = {}
         self._results: list[Result] = []
         self._returns: list[Result] = []
@@ -155,7 +184,11 @@ class Manager:
 
     def _worker_gone(self, link: WorkerLink) -> None:
         n = 0
+        now = self.clock()
         for msg_id, idxs, site in link.jobs.values():
+            st = self.sites.get(site)
+            if st is not None:
+                st.on_result(now, "returned")
             for i in idxs:
                 self._returns.append(Result(msg_id, i, 0, site=site))
                 n += 1
@@ -169,6 +202,7 @@ class Manager:
             return
         msg_id, idxs, site = job
         link.inflight -= len(idxs)  # type: ignore[union-attr]
+        self._site_feedback(site, item, self.clock())
         seen = set()
         for idx, code, enhanced, text, phase, unknown in item["results"]:
             seen.add(idx)
@@ -188,7 +222,7 @@ class Manager:
                 break
             if not busy:
                 try:
-                    await asyncio.wait_for(self._wake.wait(), idle_s)
+                    await asyncio.wait_for(self._wake.wait(), min(idle_s, self._next_ready_s()))
                 except asyncio.TimeoutError:
                     pass
             else:
@@ -196,6 +230,14 @@ class Manager:
             self._wake.clear()
         self._executor.shutdown(wait=True)
         self.stopped.set()
+
+    def _next_ready_s(self, limit_s: float = 0.25) -> float:
+        """The soonest a site with ready jobs may dispatch again (rates, dead period)."""
+        now = self.clock()
+        best = limit_s
+        for site in self.ready.sites():
+            best = min(best, self.sites[site].next_ready_s(now))
+        return max(0.005, best)
 
     def capacity(self) -> dict[int, int]:
         if self.draining:
@@ -213,19 +255,27 @@ class Manager:
         now = self.clock()
         now_ms = int(now * 1000)
         t0 = time.perf_counter()
-        if free:
-            limit = min(sum(free.values()), self.cfg.queue.scan_batch)
-            due = await loop.run_in_executor(self._executor, self._scan_due, now_ms, limit)
-        if not (results or returns or due or self._outbox_pending()):
-            return False
+        if free and not self.ready.full:
+            limit = min(self.cfg.queue.scan_batch, self.ready.total_max - len(self.ready))
+            due = await loop.run_in_executor(self._executor, self._scan_due, now_ms, limit, now)
+        fails: list[Any] = []
+        if now >= self._sweep_at:
+            self._sweep_at = now + SWEEP_S
+            fails.extend(self._sweep_expired(now))
         t1 = time.perf_counter()
         plans = await self._resolve({d.rec.domain for d in due})
         t2 = time.perf_counter()
-        jobs_by_shard, leases, fails = self._route(due, plans, free, now)
+        fails.extend(self._stage(due, plans, now))
+        jobs_by_shard, leases, sent = self._dispatch(free, now) if free else ({}, [], [])
+        site_events = self._log_site_changes(now)
+        if not (results or returns or leases or fails or site_events or self._outbox_pending()):
+            return bool(due)
         stats = TickStats()
         t3 = time.perf_counter()
         events = await loop.run_in_executor(self._executor, self._commit, results + returns, leases, fails,
-                                            now_ms, stats)
+                                            now_ms, stats, site_events)
+        for job in sent:
+            self.ready.release(job)
         t4 = time.perf_counter()
         self.last_tick = {"scan_ms": round((t1 - t0) * 1000, 2), "resolve_ms": round((t2 - t1) * 1000, 2),
                           "route_ms": round((t3 - t2) * 1000, 2), "commit_ms": round((t4 - t3) * 1000, 2),
@@ -270,17 +320,34 @@ class Manager:
                 acc[i] += v
 
     # -- spool thread ------------------------------------------------------------------------
-    def _scan_due(self, now_ms: int, limit: int) -> list[Due]:
+    def _scan_due(self, now_ms: int, limit: int, now: float) -> list[Due]:
+        """Due recipients not yet staged, continuing from where the last scan stopped."""
         out: list[Due] = []
         bad: list[bytes] = []
         dbs = self.spool.dbs
+        staged = self.ready.is_staged
         with self.spool.read() as txn, txn.cursor(db=dbs["due"]) as cur:
-            if not cur.first():
+            start = self._cursor
+            if self._rescan_from is not None and (self._rescan_dns or any(
+                    self.ready.room(*f) >= max(1, self.ready.flow_max // 10) for f in self._rescan_flows)):
+                start = min(start, self._rescan_from) if start is not None else None
+                self._rescan_from, self._rescan_dns, self._rescan_flows = None, False, set()
+            if start is None or now >= self._full_scan_at:
+                self._full_scan_at = now + FULL_SCAN_S
+                start = None
+            if not (cur.set_range(start) if start is not None else cur.first()):
+                self._cursor = records.due_key(max(0, now_ms - CURSOR_BACK_MS), 0, 0)
                 return out
+            self._cursor = records.due_key(max(0, now_ms - CURSOR_BACK_MS), 0, 0)
             for dkey in cur.iternext(keys=True, values=False):
                 due_ms, msg_id, index = records.split_due_key(dkey)
-                if due_ms > now_ms or len(out) >= limit:
+                if due_ms > now_ms:
                     break
+                if len(out) >= limit:
+                    self._cursor = dkey  # continue here next round
+                    break
+                if staged(dkey[8:]):
+                    continue
                 raw = txn.get(records.rcpt_key(msg_id, index), db=dbs["rcpt"])
                 if raw is None:
                     bad.append(dkey)  # stale index entry: the recipient is gone
@@ -305,8 +372,8 @@ class Manager:
 
     def _commit(self, results: list[Result], leases: list[tuple[bytes, int, int]],
                 fails: list[tuple[list[tuple[bytes, int, int]], dict[str, Any]]], now_ms: int,
-                stats: TickStats) -> list[dict[str, Any]]:
-        events: list[dict[str, Any]] = []
+                stats: TickStats, site_events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        events: list[dict[str, Any]] = list(site_events)
         with self.spool.write() as txn:
             if self._outbox_written:
                 self.spool.events_trim(txn, self._outbox_written)
@@ -353,57 +420,160 @@ class Manager:
     def shard_of(self, site: str) -> int:
         return zlib.crc32(site.encode()) % self.nshards
 
-    def _route(self, due: list[Due], plans: dict[str, MxPlan | DnsError], free: dict[int, int], now: float):
-        max_rcpt = self.cfg.delivery.max_recipients_per_transaction
+    def site_state(self, site: str, domain: str, hosts: list[str], now: float) -> SiteState:
+        st = self.sites.get(site)
+        if st is None:
+            sc = self.cfg.sched
+            st = self.sites[site] = SiteState(site, self.limit_table.for_site(site, [domain], hosts), now,
+                                              cohort=sc.dead_after_failures, dead_s=sc.dead_s,
+                                              max_dead_s=sc.max_dead_s, idle_s=self.cfg.delivery.idle_timeout_s)
+            self.site_info[site] = [h for h in hosts]
+            if site in self.suspensions["site"]:
+                st.suspend(now, "suspended by operator")
+        return st
+
+    def _stage(self, due: list[Due], plans: dict[str, MxPlan | DnsError], now: float) -> list[Any]:
+        """Put due recipients in their site's ready queue; return what fails without a connection."""
         groups: dict[tuple[int, str], list[Due]] = {}
-        fails: list[tuple[list[tuple[bytes, int, int]], dict[str, Any]]] = []
-        expired: list[tuple[bytes, int, int]] = []
         for d in due:
-            msg = self.writer.cached(d.msg_id)
-            if msg is None:
-                continue
-            if is_expired(msg.created_ms / 1000, now, self.cfg.queue.max_age_s):
-                expired.append((d.dkey, d.msg_id, d.index))
-                continue
             groups.setdefault((d.msg_id, d.rec.domain), []).append(d)
-        if expired:
-            fails.append((expired, dict(code=451, enhanced="4.4.7", text="message expired in queue (max age)",
-                                        phase="queue", permanent=False)))
-        jobs_by_shard: dict[int, list[dict[str, Any]]] = {}
-        leases: list[tuple[bytes, int, int]] = []
+        fails: list[tuple[list[tuple[bytes, int, int]], dict[str, Any]]] = []
         for (msg_id, domain), ds in groups.items():
             plan = plans.get(domain)
-            if plan is None:
-                continue  # lookup still running: stays due for the next round
+            msg = self.writer.cached(msg_id)
+            if plan is None or msg is None:
+                self._note_rescan(ds[0].dkey, dns=True)  # lookup still running: scan again from here
+                continue
             if isinstance(plan, DnsError):
-                err = plan
-                code = 550 if err.permanent else 451
-                if err.enhanced == "5.1.10":
+                code = 550 if plan.permanent else 451
+                if plan.enhanced == "5.1.10":
                     code = 556  # RFC 7505 §4.1
                 fails.append(([(d.dkey, d.msg_id, d.index) for d in ds],
-                              dict(code=code, enhanced=err.enhanced, text=f"DNS: {err}", phase="dns",
-                                   permanent=err.permanent)))
+                              dict(code=code, enhanced=plan.enhanced, text=f"DNS: {plan}", phase="dns",
+                                   permanent=plan.permanent)))
                 continue
-            shard = self.shard_of(plan.site)
-            room = free.get(shard, 0)
-            if room <= 0:
+            st = self.site_state(plan.site, domain, [h.name for h in plan.hosts], now)
+            self.mx_of[plan.site] = [[h.preference, h.name] for h in plan.hosts]
+            if is_expired(msg.created_ms / 1000, now, st.limits.max_age_s):
+                fails.append(([(d.dkey, d.msg_id, d.index) for d in ds], self._expiry_failure(plan.site, st)))
                 continue
-            msg = self.writer.cached(msg_id)
-            assert msg is not None
-            step = 1 if msg.per_recipient else max_rcpt
-            ds = ds[:room]
-            free[shard] = room - len(ds)
-            mx = [[h.preference, h.name] for h in plan.hosts]
-            for i in range(0, len(ds), step):
-                chunk = ds[i:i + step]
+            flow = (msg.priority, msg.tenant, msg.campaign)
+            room = self.ready.room(plan.site, flow)
+            if len(ds) > room:  # the flow has enough ready: the rest waits in the due index
+                self._note_rescan(ds[room].dkey, flow=(plan.site, flow))
+                ds = ds[:room]
+            step = self.cfg.sched.messages_per_job if msg.per_recipient else st.limits.max_recipients_per_transaction
+            for k in range(0, len(ds), step):
+                self.ready.stage(StagedJob(msg_id, domain, plan.site, flow, msg.per_recipient,
+                                           [(d.dkey, d.index, d.rec) for d in ds[k:k + step]]))
+        return fails
+
+    def _note_rescan(self, dkey: bytes, *, dns: bool = False, flow: tuple[str, Any] | None = None) -> None:
+        if self._rescan_from is None or dkey < self._rescan_from:
+            self._rescan_from = dkey
+        self._rescan_dns |= dns
+        if flow is not None:
+            self._rescan_flows.add(flow)
+
+    @staticmethod
+    def _expiry_failure(site: str | None, st: SiteState | None) -> dict[str, Any]:
+        return dict(code=451, enhanced="4.4.7", text="message expired in queue (max age reached)", phase="queue",
+                    permanent=False, site=site, max_age_s=st.limits.max_age_s if st else None)
+
+    def _held(self, job: StagedJob) -> bool:
+        s = self.suspensions
+        return job.domain in s["domain"] or job.campaign in s["campaign"] or job.tenant in s["tenant"]
+
+    def _dispatch(self, free: dict[int, int], now: float) -> tuple[dict[int, list[dict[str, Any]]], list[Any], list[StagedJob]]:
+        """Pop jobs from the ready queues as far as each site's window and rates allow."""
+        jobs_by_shard: dict[int, list[dict[str, Any]]] = {}
+        leases: list[tuple[bytes, int, int]] = []
+        sent: list[StagedJob] = []
+        for site in self.ready.sites():
+            st = self.sites[site]
+            shard = self.shard_of(site)
+            n = st.can_dispatch(now)
+            while n > 0 and free.get(shard, 0) > 0:
+                job = self.ready.pop(site)
+                if job is None:
+                    break
+                if self._held(job):
+                    self.ready.hold(job)
+                    continue
+                cap = min(free[shard], self._rate_room(st, now))
+                if len(job.items) > cap:
+                    self.ready.push_back(job.split(max(1, cap)))
+                st.on_dispatch(now, 1)
+                extra = len(job.items) - 1  # a job is one session slot but charges every message
+                if extra and job.per_recipient:
+                    st.per_minute.spend(now, extra)
+                    st.per_hour.spend(now, extra)
+                n -= 1
+                free[shard] -= len(job.items)
                 self._job_seq += 1
+                msg = self.writer.cached(job.msg_id)
+                assert msg is not None
+                lim = st.limits
                 jobs_by_shard.setdefault(shard, []).append({
-                    "id": self._job_seq, "msg": msg_id, "sender": msg.sender, "domain": domain,
-                    "site": plan.site, "mx": mx, "per_rcpt": msg.per_recipient,
-                    "rcpts": [[d.index, d.rec.address, d.rec.name, d.rec.variables] for d in chunk],
+                    "id": self._job_seq, "msg": job.msg_id, "sender": msg.sender, "domain": job.domain,
+                    "site": site, "mx": self.mx_of[site], "per_rcpt": job.per_recipient,
+                    "conns": lim.max_connections, "msgs_per_conn": lim.max_messages_per_connection,
+                    "rcpts": [[idx, rec.address, rec.name, rec.variables] for _, idx, rec in job.items],
                 })
-                leases.extend((d.dkey, d.msg_id, d.index) for d in chunk)
-        return jobs_by_shard, leases, fails
+                leases.extend((dkey, job.msg_id, idx) for dkey, idx, _ in job.items)
+                sent.append(job)
+        return jobs_by_shard, leases, sent
+
+    @staticmethod
+    def _rate_room(st: SiteState, now: float) -> int:
+        """How many messages the site's rate buckets allow now (a large number when unlimited)."""
+        room = 1 << 30
+        for bucket in (st.per_minute, st.per_hour):
+            if not bucket.unlimited:
+                room = min(room, max(1, int(bucket.available(now))))
+        return room
+
+    def _sweep_expired(self, now: float) -> list[Any]:
+        """Ready or held recipients past max age (a suspended queue keeps aging) fail as expired."""
+        fails: list[Any] = []
+
+        def old(job: StagedJob) -> bool:
+            msg = self.writer.cached(job.msg_id)
+            st = self.sites.get(job.site)
+            max_age = st.limits.max_age_s if st else self.cfg.queue.max_age_s
+            return msg is not None and is_expired(msg.created_ms / 1000, now, max_age)
+
+        for job in self.ready.remove_where(old):
+            st = self.sites.get(job.site)
+            fails.append(([(dkey, job.msg_id, idx) for dkey, idx, _ in job.items], self._expiry_failure(job.site, st)))
+        return fails
+
+    def _site_feedback(self, site: str, item: dict[str, Any], now: float) -> None:
+        """A job's outcome adjusts its site: window, dead-site cohort, throttling."""
+        st = self.sites.get(site)
+        if st is None:
+            return
+        kind = item.get("kind") or "delivered"
+        rule = None
+        for _, code, enhanced, text, _, _ in item["results"]:
+            if 400 <= code < 600:
+                rule = self.rules.match(code, enhanced, text)
+                if rule is not None:
+                    break
+        if rule is not None:
+            kind = "throttled"
+        st.on_result(now, kind, rule)
+
+    def _log_site_changes(self, now: float) -> list[dict[str, Any]]:
+        events = []
+        for st in self.sites.values():
+            for ch in st.drain_changes():
+                log.info("site_mode_changed", site=ch.site, old=ch.old_mode.name, new=ch.new_mode.name,
+                         cause=ch.cause)
+                events.append({"type": "SiteModeChange", "timestamp": ch.now, "site": ch.site,
+                               "old_mode": ch.old_mode.name, "mode": ch.new_mode.name, "cause": ch.cause,
+                               "window": st.window.limit})
+        return events
 
     # -- operations ---------------------------------------------------------------------------
     def drain(self) -> None:
@@ -416,10 +586,46 @@ class Manager:
             link.proto.send({"t": "drain"})
         self._wake.set()
 
+    SELECTORS = ("site", "domain", "campaign", "tenant")
+
+    def _site_brief(self, site: str) -> dict[str, Any]:
+        st = self.sites.get(site)
+        if st is None:
+            return {}
+        return {"mode": st.mode.name, "window": st.window.value, "window_limit": st.window.limit,
+                "in_flight_jobs": st.in_flight}
+
+    def suspend(self, kind: str, value: str) -> str:
+        """Stop dispatching a site, domain, campaign or tenant; its recipients keep aging and expire."""
+        if kind not in self.SELECTORS:
+            raise ValueError(f"suspend what? one of {', '.join(self.SELECTORS)}")
+        now = self.clock()
+        self.suspensions[kind].add(value)
+        if kind == "site" and value in self.sites:
+            self.sites[value].suspend(now, "suspended by operator")
+        log.info("queue_suspended", kind=kind, value=value)
+        self._wake.set()
+        return f"{kind} {value} suspended: nothing is dispatched; queued recipients keep aging"
+
+    def resume(self, kind: str, value: str) -> str:
+        if kind not in self.SELECTORS:
+            raise ValueError(f"resume what? one of {', '.join(self.SELECTORS)}")
+        if value not in self.suspensions[kind]:
+            return f"{kind} {value} was not suspended"
+        now = self.clock()
+        self.suspensions[kind].discard(value)
+        if kind == "site" and value in self.sites:
+            self.sites[value].resume(now, "resumed by operator")
+        n = self.ready.unhold(lambda j: not self._held(j))
+        log.info("queue_resumed", kind=kind, value=value, jobs=n)
+        self._wake.set()
+        return f"{kind} {value} resumed"
+
     def status(self) -> dict[str, Any]:
         stat = self.spool.stat()
         t = self.totals
         top = sorted(t.sites.items(), key=lambda kv: -sum(kv[1]))[:10]
+        ready_by_site = self.ready.counts_by_site()
         inflight_by_site: dict[str, int] = {}
         for link in self.workers.values():
             for _, idxs, site in link.jobs.values():
@@ -433,7 +639,12 @@ class Manager:
             "since_start": {"delivered": t.delivered, "bounced": t.bounced, "deferred": t.deferred,
                             "expired": t.expired, "returned": t.returned, "unknown": t.unknown},
             "sites_top10": [{"site": s, "delivered": c[0], "deferred": c[1], "bounced": c[2],
-                             "in_flight": inflight_by_site.get(s, 0)} for s, c in top],
+                             "in_flight": inflight_by_site.get(s, 0), "ready": ready_by_site.get(s, 0),
+                             **self._site_brief(s)} for s, c in top],
+            "sites_not_normal": [{"site": s, **self._site_brief(s)} for s, st in self.sites.items()
+                                 if st.mode is not Mode.NORMAL][:50],
+            "suspended": {k: sorted(v) for k, v in self.suspensions.items() if v},
+            "ready": len(self.ready),
             "workers": [{"shard": w.shard, "pid": w.pid, "jobs": len(w.jobs), "in_flight": w.inflight,
                          "draining": w.draining} for w in sorted(self.workers.values(), key=lambda w: w.shard)],
             "workers_expected": self.nshards,

@@ -11,7 +11,8 @@ recipient record is removed in the same transaction.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+import random
+from typing import Any
 
 import lmdb
 
@@ -19,7 +20,12 @@ from ..errors import SpoolCorrupt
 from ..spool import records
 from ..spool.records import Message, Recipient, State
 from ..spool.store import Spool
-from .backoff import delay_for_attempt, is_expired
+from ..dsn.classify import Classification, Classifier
+from .backoff import is_expired
+from .retry import RetryPolicy
+
+_PHASES = {"greeting": "connect", "payload": "data"}
+"""Our phase names that the classifier knows under another name."""
 
 FINAL_TYPES = {State.DELIVERED: "Delivery", State.BOUNCED: "Bounce", State.EXPIRED: "Expiration",
                State.CANCELLED: "AdminBounce"}
@@ -41,6 +47,8 @@ class Result:
     ip: str | None = None
     unknown: bool = False
     """The connection died after the final dot: the message may have been delivered."""
+    max_age_s: float | None = None
+    """The destination's max age when it differs from the default."""
 
 
 @dataclass(slots=True)
@@ -66,9 +74,12 @@ class TickStats:
 class QueueWriter:
     """Applies leases and results to the spool. One instance, owned by the manager."""
 
-    def __init__(self, spool: Spool, *, retry_intervals_s: Sequence[float], max_age_s: float, lease_s: float) -> None:
+    def __init__(self, spool: Spool, *, retry: RetryPolicy, max_age_s: float, lease_s: float,
+                 rng: random.Random | None = None, classifier: Classifier | None = None) -> None:
         self.spool = spool
-        self.retry_intervals_s = list(retry_intervals_s)
+        self.classifier = classifier or Classifier.default()
+        self.retry = retry
+        self.rng = rng or random.Random()
         self.max_age_s = max_age_s
         self.lease_ms = int(lease_s * 1000)
         self._db = spool.dbs
@@ -162,15 +173,16 @@ class QueueWriter:
             rec.attempts += 1
             rec.last_code, rec.last_enhanced, rec.last_text = r.code, r.enhanced, r.text
             site_counts = stats.sites.setdefault(r.site or "-", [0, 0, 0])
-            if 200 <= r.code < 300:
+            verdict = None if 200 <= r.code < 300 else self.classify(r)
+            if verdict is None:
                 state = State.DELIVERED
                 stats.delivered += 1
                 site_counts[0] += 1
-            elif 500 <= r.code < 600:
+            elif verdict.permanence == "permanent":
                 state = State.BOUNCED
                 stats.bounced += 1
                 site_counts[2] += 1
-            elif is_expired(msg.created_ms / 1000, now_ms / 1000, self.max_age_s):
+            elif is_expired(msg.created_ms / 1000, now_ms / 1000, r.max_age_s or self.max_age_s):
                 state = State.EXPIRED
                 stats.expired += 1
                 site_counts[2] += 1
@@ -179,10 +191,14 @@ class QueueWriter:
                 stats.deferred += 1
                 stats.unknown += r.unknown
                 site_counts[1] += 1
-            events.append(self._event(FINAL_TYPES.get(state, "TransientFailure"), msg, rec, r, now_ms))
+            event = self._event(FINAL_TYPES.get(state, "TransientFailure"), msg, rec, r, now_ms)
+            if verdict is not None:
+                event["category"], event["rule"] = str(verdict.category), verdict.rule
+                event["permanence"] = "permanent" if state is not State.QUEUED else str(verdict.permanence)
+            events.append(event)
             if state is State.QUEUED:
                 rec.state = State.QUEUED
-                rec.due_ms = now_ms + int(delay_for_attempt(rec.attempts, self.retry_intervals_s) * 1000)
+                rec.due_ms = now_ms + int(self.retry.delay(rec.attempts, self.rng) * 1000)
                 txn.put(rkey, rec.encode(), db=rcpt_db)
                 txn.put(records.due_key(rec.due_ms, r.msg_id, r.index), b"", db=due_db)
             else:
@@ -192,9 +208,10 @@ class QueueWriter:
 
     def expire_due(self, txn: lmdb.Transaction, items: list[tuple[bytes, int, int]], now_ms: int,
                    stats: TickStats, events: list[dict[str, Any]], *, code: int, enhanced: str, text: str,
-                   phase: str, permanent: bool, site: str | None = None) -> None:
+                   phase: str, permanent: bool, site: str | None = None, max_age_s: float | None = None) -> None:
         """Fail due recipients without a connection (DNS failure, max age): bounce or defer."""
-        results = [Result(m, i, code if permanent else 451, enhanced, text, phase, site) for _, m, i in items]
+        results = [Result(m, i, code if permanent else 451, enhanced, text, phase, site, max_age_s=max_age_s)
+                   for _, m, i in items]
         for dkey, m, i in items:
             txn.delete(dkey, db=self._db["due"])
         self.apply(txn, results, now_ms, stats, events)
@@ -212,6 +229,22 @@ class QueueWriter:
                 self.forget(msg_id)
             else:
                 txn.put(mkey, msg.encode(), db=self._db["msg"])
+
+    def classify(self, r: Result) -> Classification:
+        """Bounce or defer: the classifier may overrule the first digit (RFC 5321 §4.5.3.1.10, B02)."""
+        local = None
+        phase: str | None = _PHASES.get(r.phase, r.phase)
+        if r.phase == "dns":
+            local = "null_mx" if r.enhanced == "5.1.10" else ("dns_nxdomain" if r.code >= 500 else "dns_servfail")
+        elif r.phase == "connect" and r.enhanced in ("4.4.1", "4.4.4"):
+            local = "connect_failed"
+        elif r.unknown:
+            local = "connection_lost"
+        elif r.phase in ("queue", "worker"):
+            phase = None
+        if local is not None:
+            return self.classifier.classify(None, None, r.text, None, local)
+        return self.classifier.classify(r.code, r.enhanced, r.text, phase)
 
     def _event(self, type_: str, msg: Message, rec: Recipient, r: Result, now_ms: int) -> dict[str, Any]:
         return {"type": type_, "timestamp": now_ms / 1000.0, "queue_id": records.rcpt_id(r.msg_id, r.index),

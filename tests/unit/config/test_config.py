@@ -59,7 +59,9 @@ accounting = "-"
     ("[http]\nlisten = 'localhost'\n", "http.listen"),
     ("[dns]\nnameservers = ['not-an-ip']\n", "dns.nameservers[0]"),
     ("[dns]\nport = 70000\n", "dns.port"),
-    ("[queue]\nretry_intervals_s = []\n", "queue.retry_intervals_s"),
+    ("[queue]\nretry_intervals_s = [-1]\n", "queue.retry_intervals_s"),
+    ("[sched]\nsite = [{domain = \"x.test\", bogus = 1}]\n", "sched.site[0]"),
+    ("[queue]\nretry_jitter = 3.0\n", "queue.retry_"),
     ("[spool\n", "not valid TOML"),
 ])
 def test_bad_config_names_key_and_file(tmp_path: Path, text: str, needle: str) -> None:

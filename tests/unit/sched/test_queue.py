@@ -10,6 +10,7 @@ from mta_engine.ingest.commit import write_submissions
 from mta_engine.ingest.inject import parse_request
 from mta_engine.obs.accounting import AccountingLog
 from mta_engine.sched.queue import QueueWriter, Result, TickStats
+from mta_engine.sched.retry import RetryPolicy
 from mta_engine.spool import records
 from mta_engine.spool.store import Spool
 
@@ -46,7 +47,7 @@ def step(spool: Spool, w: QueueWriter, results: list[Result], now_ms: int):
 def test_outcomes_move_recipients_to_their_states(spool: Spool) -> None:
     """250 deletes, 550 bounces, 451 defers with a new due time; one event each; message removed at the end."""
     msg = inject(spool, 3)
-    w = QueueWriter(spool, retry_intervals_s=[60.0], max_age_s=3600.0, lease_s=600.0)
+    w = QueueWriter(spool, retry=RetryPolicy(intervals_s=(60.0,), jitter=0.0), max_age_s=3600.0, lease_s=600.0)
     with spool.write() as txn:
         w.message(txn, msg)
         leases = w.lease(txn, due_items(spool), T0)
@@ -69,7 +70,7 @@ def test_outcomes_move_recipients_to_their_states(spool: Spool) -> None:
 def test_deferral_past_max_age_expires(spool: Spool) -> None:
     """A transient failure at or after max age is a final Expiration, not another retry."""
     msg = inject(spool, 1)
-    w = QueueWriter(spool, retry_intervals_s=[60.0], max_age_s=100.0, lease_s=600.0)
+    w = QueueWriter(spool, retry=RetryPolicy(intervals_s=(60.0,), jitter=0.0), max_age_s=100.0, lease_s=600.0)
     with spool.write() as txn:
         w.message(txn, msg)
     _, events = step(spool, w, [Result(msg, 0, 451, "4.4.1", "down", "connect")], T0 + 100_000)
@@ -80,7 +81,7 @@ def test_deferral_past_max_age_expires(spool: Spool) -> None:
 def test_returned_recipient_is_due_now_without_an_attempt(spool: Spool) -> None:
     """Code 0 (worker died or drained) re-queues the recipient now and counts no attempt, logs nothing."""
     msg = inject(spool, 1)
-    w = QueueWriter(spool, retry_intervals_s=[60.0], max_age_s=3600.0, lease_s=600.0)
+    w = QueueWriter(spool, retry=RetryPolicy(intervals_s=(60.0,), jitter=0.0), max_age_s=3600.0, lease_s=600.0)
     with spool.write() as txn:
         w.message(txn, msg)
         w.lease(txn, due_items(spool), T0)
@@ -95,12 +96,12 @@ def test_returned_recipient_is_due_now_without_an_attempt(spool: Spool) -> None:
 def test_requeue_inflight_after_manager_restart(spool: Spool) -> None:
     """What a dead manager had leased is due immediately for the next one."""
     msg = inject(spool, 2)
-    w = QueueWriter(spool, retry_intervals_s=[60.0], max_age_s=3600.0, lease_s=600.0)
+    w = QueueWriter(spool, retry=RetryPolicy(intervals_s=(60.0,), jitter=0.0), max_age_s=3600.0, lease_s=600.0)
     with spool.write() as txn:
         w.message(txn, msg)
         w.lease(txn, due_items(spool), T0)
     with spool.write() as txn:
-        assert QueueWriter(spool, retry_intervals_s=[60.0], max_age_s=3600.0, lease_s=600.0).requeue_inflight(txn, T0 + 9) == 2
+        assert QueueWriter(spool, retry=RetryPolicy(intervals_s=(60.0,), jitter=0.0), max_age_s=3600.0, lease_s=600.0).requeue_inflight(txn, T0 + 9) == 2
     assert [records.split_due_key(k)[0] for k, *_ in due_items(spool)] == [T0 + 9, T0 + 9]
     assert spool.stat()["inflight"] == 0
 

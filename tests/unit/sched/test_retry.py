@@ -42,12 +42,13 @@ def test_huge_attempt_counts_do_not_overflow() -> None:
 
 
 def test_from_config_reads_queue_section() -> None:
-    """from_config accepts the [queue] mapping or the QueueConfig object and keeps the list schedule."""
+    """from_config accepts the [queue] mapping or the QueueConfig object (default: exponential, jitter)."""
     p = RetryPolicy.from_config({"retry_first_s": 60, "retry_factor": 3, "retry_max_s": 600, "retry_jitter": 0,
                                  "max_age_s": 5.0})
     assert p == RetryPolicy(first_s=60.0, factor=3.0, max_s=600.0, jitter=0.0)
     q = RetryPolicy.from_config(QueueConfig())
-    assert q.intervals_s == (300.0, 600.0, 1200.0, 2400.0, 3600.0) and q.jitter == 0.2
+    assert q == RetryPolicy(first_s=300.0, factor=2.0, max_s=3600.0, jitter=0.2)
+    assert RetryPolicy.from_config(QueueConfig(retry_intervals_s=[60.0, 120.0])).intervals_s == (60.0, 120.0)
 
 
 @pytest.mark.parametrize("kwargs", [dict(first_s=0), dict(factor=0.5), dict(max_s=10), dict(jitter=1.0),
