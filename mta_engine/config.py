@@ -110,6 +110,16 @@ class SchedConfig:
 
 
 @dataclass(frozen=True)
+class DsnConfig:
+    enabled: bool = True
+    reporting_mta: str = ""
+    """Name in Reporting-MTA and the DSN's From (MAILER-DAEMON@...); empty = [delivery] ehlo_name."""
+    delay_after_s: float = 14400.0
+    """Send an Action: delayed DSN after this long in the queue when NOTIFY includes DELAY (0 = never)."""
+    delay_when_notify_absent: bool = False
+
+
+@dataclass(frozen=True)
 class BounceConfig:
     rules: list[str] = field(default_factory=list)
     """Extra bounce-classification rule files (TOML), checked before the shipped rules."""
@@ -134,6 +144,7 @@ class Config:
     queue: QueueConfig = field(default_factory=QueueConfig)
     sched: SchedConfig = field(default_factory=SchedConfig)
     bounce: BounceConfig = field(default_factory=BounceConfig)
+    dsn: DsnConfig = field(default_factory=DsnConfig)
     log: LogConfig = field(default_factory=LogConfig)
     source: str = "<defaults>"
 
@@ -153,7 +164,7 @@ class Config:
 
 _SECTION_TYPES = {
     "spool": SpoolConfig, "http": HttpConfig, "control": ControlConfig, "dns": DnsConfig,
-    "delivery": DeliveryConfig, "queue": QueueConfig, "sched": SchedConfig, "bounce": BounceConfig,
+    "delivery": DeliveryConfig, "queue": QueueConfig, "sched": SchedConfig, "bounce": BounceConfig, "dsn": DsnConfig,
     "log": LogConfig,
 }
 

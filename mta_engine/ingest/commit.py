@@ -12,12 +12,48 @@ from __future__ import annotations
 import asyncio
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable
+from typing import Any, Callable
 
 from ..spool import records
 from ..spool.records import Message, Recipient, State
 from ..spool.store import Spool
 from .inject import Submission
+
+
+def _reception(msg_id: int, sub: Submission, now_ms: int) -> dict[str, Any]:
+    return {"type": "Reception", "timestamp": now_ms / 1000.0, "queue_id": records.queue_id(msg_id),
+            "sender": sub.sender, "recipient_count": len(sub.recipients), "campaign": sub.campaign,
+            "tenant": sub.tenant, "size": sub.size}
+
+
+def _message_items(msg_id: int, sub: Submission, now_ms: int) -> tuple[tuple[bytes, bytes], tuple[bytes, bytes],
+                                                                      list[tuple[bytes, bytes]], list[tuple[bytes, bytes]]]:
+    mkey = records.u64(msg_id)
+    msg = Message(sender=sub.sender, created_ms=now_ms, n_rcpt=len(sub.recipients), remaining=len(sub.recipients),
+                  campaign=sub.campaign, tenant=sub.tenant, priority=sub.priority, size=sub.size,
+                  template=sub.template, per_recipient=sub.per_recipient, dsn=sub.dsn, ret=sub.ret, envid=sub.envid)
+    rcpts, due = [], []
+    params = sub.dsn_params
+    for i, (addr, name, variables) in enumerate(sub.recipients):
+        rec = Recipient(addr, name, variables, State.QUEUED, 0, now_ms)
+        if params is not None:
+            rec.notify, rec.orcpt = params[i]
+        rcpts.append((records.rcpt_key(msg_id, i), rec.encode()))
+        due.append((records.due_key(now_ms, msg_id, i), b""))
+    return (mkey, msg.encode()), (mkey, records.encode_body(sub.spec)), rcpts, due
+
+
+def spool_message(spool: Spool, txn: Any, sub: Submission, now_ms: int) -> tuple[int, dict[str, Any]]:
+    """Queue one message inside the caller's write transaction (the manager uses it for DSNs)."""
+    msg_id = spool.counter_take(txn, b"next_msg", 1)
+    msg_item, body_item, rcpt_items, due_items = _message_items(msg_id, sub, now_ms)
+    txn.put(*msg_item, db=spool.dbs["msg"])
+    txn.put(*body_item, db=spool.dbs["body"])
+    for k, v in rcpt_items:
+        txn.put(k, v, db=spool.dbs["rcpt"])
+    for k, v in due_items:
+        txn.put(k, v, db=spool.dbs["due"])
+    return msg_id, _reception(msg_id, sub, now_ms)
 
 
 def write_submissions(spool: Spool, subs: list[Submission], now_ms: int) -> list[int]:
@@ -31,23 +67,12 @@ def write_submissions(spool: Spool, subs: list[Submission], now_ms: int) -> list
         for n, sub in enumerate(subs):
             msg_id = first + n
             ids.append(msg_id)
-            mkey = records.u64(msg_id)
-            msg = Message(sender=sub.sender, created_ms=now_ms, n_rcpt=len(sub.recipients),
-                          remaining=len(sub.recipients), campaign=sub.campaign, tenant=sub.tenant,
-                          priority=sub.priority, size=sub.size, template=sub.template,
-                          per_recipient=sub.per_recipient, dsn=sub.dsn, ret=sub.ret, envid=sub.envid)
-            msg_items.append((mkey, msg.encode()))
-            body_items.append((mkey, records.encode_body(sub.spec)))
-            params = sub.dsn_params
-            for i, (addr, name, variables) in enumerate(sub.recipients):
-                rec = Recipient(addr, name, variables, State.QUEUED, 0, now_ms)
-                if params is not None:
-                    rec.notify, rec.orcpt = params[i]
-                rcpt_items.append((records.rcpt_key(msg_id, i), rec.encode()))
-                due_items.append((records.due_key(now_ms, msg_id, i), b""))
-            events.append({"type": "Reception", "timestamp": now_ms / 1000.0, "queue_id": records.queue_id(msg_id),
-                           "sender": sub.sender, "recipient_count": len(sub.recipients),
-                           "campaign": sub.campaign, "tenant": sub.tenant, "size": sub.size})
+            m, b, r, d = _message_items(msg_id, sub, now_ms)
+            msg_items.append(m)
+            body_items.append(b)
+            rcpt_items.extend(r)
+            due_items.extend(d)
+            events.append(_reception(msg_id, sub, now_ms))
         # Message ids only grow, so msg/body/rcpt keys are appends (cheap B-tree inserts).
         with txn.cursor(db=dbs["msg"]) as cur:
             cur.putmulti(msg_items, append=True)

@@ -37,7 +37,7 @@ from ..spool.records import Recipient
 from ..spool.store import Spool
 from .backoff import is_expired
 from .limits import LimitTable, SiteLimits
-from .queue import QueueWriter, Result, TickStats
+from .queue import DsnPolicy, QueueWriter, Result, TickStats
 from .ready import ReadyQueues, StagedJob
 from .retry import RetryPolicy
 from .signals import ThrottleRules
@@ -89,8 +89,10 @@ class Manager:
         self.nshards = cfg.worker_count
         q, sc = cfg.queue, cfg.sched
         self.classifier = Classifier.from_files(*cfg.bounce.rules, include_default=cfg.bounce.default_rules)
+        dsn = DsnPolicy(cfg.dsn.reporting_mta or cfg.ehlo_name, cfg.dsn.delay_after_s,
+                        cfg.dsn.delay_when_notify_absent) if cfg.dsn.enabled else None
         self.writer = QueueWriter(spool, retry=RetryPolicy.from_config(q), max_age_s=q.max_age_s, lease_s=q.lease_s,
-                                  classifier=self.classifier)
+                                  classifier=self.classifier, dsn=dsn)
         self.limit_table = LimitTable.from_config({"defaults": sc.defaults, "site": sc.site},
                                                   SiteLimits.from_config(cfg.delivery, q))
         self.rules = ThrottleRules.from_files(*sc.throttle_rules, include_default=sc.default_throttle_rules)
@@ -555,8 +557,13 @@ class Manager:
             return
         kind = item.get("kind") or "delivered"
         rule = None
-        for _, code, enhanced, text, _, _ in item["results"]:
-            if 400 <= code < 600:
+        results = item["results"]
+        # A RCPT-time 4xx for some recipients is about those recipients (greylisting, a full mailbox);
+        # it speaks for the site only when every recipient of the job got one. Session and message
+        # replies (421, MAIL, DATA) always do.
+        rcpt_wide = all(400 <= r[1] < 500 and r[4] == "rcpt" for r in results)
+        for _, code, enhanced, text, phase, _ in results:
+            if 400 <= code < 600 and (code == 421 or phase != "rcpt" or rcpt_wide):
                 rule = self.rules.match(code, enhanced, text)
                 if rule is not None:
                     break

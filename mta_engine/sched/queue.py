@@ -21,6 +21,11 @@ from ..spool import records
 from ..spool.records import Message, Recipient, State
 from ..spool.store import Spool
 from ..dsn.classify import Classification, Classifier
+from ..dsn.report import DsnRequest, RecipientReport, build_dsn, select_recipients
+from ..dsn.status import status_for
+from ..ingest.commit import spool_message
+from ..ingest.inject import Submission
+from ..template.render import MessageTemplate
 from .backoff import is_expired
 from .retry import RetryPolicy
 
@@ -51,6 +56,15 @@ class Result:
     """The destination's max age when it differs from the default."""
 
 
+@dataclass(frozen=True, slots=True)
+class DsnPolicy:
+    reporting_mta: str
+    delay_after_s: float = 0.0
+    """Send an Action: delayed DSN once a recipient has waited this long (0 = never)."""
+    delay_when_notify_absent: bool = False
+    """Delayed DSNs also when the submission gave no NOTIFY (RFC 3461 leaves it to the MTA)."""
+
+
 @dataclass(slots=True)
 class Lease:
     msg_id: int
@@ -75,8 +89,11 @@ class QueueWriter:
     """Applies leases and results to the spool. One instance, owned by the manager."""
 
     def __init__(self, spool: Spool, *, retry: RetryPolicy, max_age_s: float, lease_s: float,
-                 rng: random.Random | None = None, classifier: Classifier | None = None) -> None:
+                 rng: random.Random | None = None, classifier: Classifier | None = None,
+                 dsn: DsnPolicy | None = None) -> None:
         self.spool = spool
+        self.dsn = dsn
+        self._dsn_pending: dict[int, list[tuple[str, Recipient, Result, dict[str, Any]]]] = {}
         self.classifier = classifier or Classifier.default()
         self.retry = retry
         self.rng = rng or random.Random()
@@ -196,6 +213,7 @@ class QueueWriter:
                 event["category"], event["rule"] = str(verdict.category), verdict.rule
                 event["permanence"] = "permanent" if state is not State.QUEUED else str(verdict.permanence)
             events.append(event)
+            self._dsn_note(msg, rec, r, state, event, now_ms)
             if state is State.QUEUED:
                 rec.state = State.QUEUED
                 rec.due_ms = now_ms + int(self.retry.delay(rec.attempts, self.rng) * 1000)
@@ -204,7 +222,77 @@ class QueueWriter:
             else:
                 txn.delete(rkey, db=rcpt_db)
                 touched[r.msg_id] = touched.get(r.msg_id, 0) + 1
+        self._emit_dsns(txn, now_ms, events)
         self._finish_messages(txn, touched)
+
+    # -- DSNs ---------------------------------------------------------------------------------
+    def _dsn_note(self, msg: Message, rec: Recipient, r: Result, state: State, event: dict[str, Any],
+                  now_ms: int) -> None:
+        """Remember a failure (or a long delay) that the envelope sender should hear about."""
+        pol = self.dsn
+        if pol is None or not msg.dsn or msg.sender == "":  # never a DSN to the null sender (no loops)
+            return
+        if state in (State.BOUNCED, State.EXPIRED):
+            action = "failed"
+        elif state is State.QUEUED and pol.delay_after_s > 0 and not rec.delay_notified \
+                and now_ms - msg.created_ms >= pol.delay_after_s * 1000:
+            action = "delayed"
+        else:
+            return
+        if not select_recipients(rec.notify, action, delay_by_default=pol.delay_when_notify_absent):
+            return
+        if action == "delayed":
+            rec.delay_notified = True  # saved with the deferral
+        self._dsn_pending.setdefault(r.msg_id, []).append((action, rec, r, event))
+
+    def _emit_dsns(self, txn: lmdb.Transaction, now_ms: int, events: list[dict[str, Any]]) -> None:
+        """One DSN per message per transaction, queued in the same transaction (exactly once)."""
+        pending, self._dsn_pending = self._dsn_pending, {}
+        for msg_id, items in pending.items():
+            msg = self._msgs.get(msg_id)
+            raw_body = txn.get(records.u64(msg_id), db=self._db["body"])
+            if msg is None or raw_body is None or self.dsn is None:
+                continue
+            try:
+                dsn_msg = self._build_dsn(msg_id, msg, raw_body, items, now_ms)
+            except Exception as exc:  # a DSN we cannot build must not stop the queue
+                events.append({"type": "DsnFailed", "timestamp": now_ms / 1000.0,
+                               "queue_id": records.queue_id(msg_id), "error": repr(exc)})
+                continue
+            sub = Submission(sender="", spec={"raw": dsn_msg, "template": False},
+                             recipients=[(msg.sender, None, None)], campaign=msg.campaign, tenant=msg.tenant,
+                             priority=max(msg.priority, 5), dsn=False)
+            dsn_id, reception = spool_message(self.spool, txn, sub, now_ms)
+            reception["dsn_for"] = records.queue_id(msg_id)
+            events.append(reception)
+            for _, _, _, event in items:
+                event["dsn"] = records.queue_id(dsn_id)
+
+    def _build_dsn(self, msg_id: int, msg: Message, raw_body: bytes,
+                   items: list[tuple[str, Recipient, Result, dict[str, Any]]], now_ms: int) -> str:
+        pol = self.dsn
+        assert pol is not None
+        first = items[0][1]
+        original = MessageTemplate(records.decode_body(raw_body)).render(
+            address=first.address, name=first.name, variables=first.variables,
+            message_id=f"{records.rcpt_id(msg_id, items[0][2].index)}@{pol.reporting_mta}")
+        reports = []
+        for action, rec, r, _ in items:
+            code_ok = 200 <= r.code < 600
+            reports.append(RecipientReport(
+                final_recipient=rec.address, action=action,
+                status=status_for(r.code, r.enhanced) if code_ok else ("5.4.7" if action == "failed" else "4.4.7"),
+                original_recipient=rec.orcpt, remote_mta=r.mx,
+                diagnostic_code=f"{r.code} {r.enhanced + ' ' if r.enhanced else ''}{r.text}" if code_ok else r.text,
+                last_attempt_s=now_ms / 1000.0,
+                will_retry_until_s=(msg.created_ms / 1000.0 + (r.max_age_s or self.max_age_s))
+                if action == "delayed" else None))
+        req = DsnRequest(reporting_mta=pol.reporting_mta, envelope_sender=msg.sender, original_message=original,
+                         recipients=tuple(reports), arrival_s=msg.created_ms / 1000.0, envid=msg.envid,
+                         ret=msg.ret or "HDRS", message_id_domain=pol.reporting_mta)
+        return build_dsn(req, now_s=now_ms / 1000.0,
+                         message_id=f"{records.queue_id(msg_id)}.{now_ms}.dsn@{pol.reporting_mta}").decode(
+                             "utf-8", "replace")
 
     def expire_due(self, txn: lmdb.Transaction, items: list[tuple[bytes, int, int]], now_ms: int,
                    stats: TickStats, events: list[dict[str, Any]], *, code: int, enhanced: str, text: str,
