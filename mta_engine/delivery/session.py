@@ -9,14 +9,24 @@ network errors, timeouts, 421 and ``RemoteProtocolError`` are reported in
 ``TransactionResult.error`` and leave the session unusable. Trust level: talks to untrusted
 servers; never reads the spool or scheduler state. Uses plain asyncio (no uvloop import) with
 an ``asyncio.Protocol``, one ``transport.write`` per pipelined group, futures not polling.
+
+TLS (``delivery/tls.py``): implicit TLS from the first byte (RFC 8314 §3.3) or STARTTLS when
+advertised (RFC 3207), via ``loop.start_tls``; after the handshake the EHLO capabilities are
+forgotten and EHLO is sent again (§4.2). A 454 keeps an opportunistic session in plaintext on
+the same connection; a failed opportunistic handshake is retried once in plaintext on a new
+connection when ``open(tls_fallback=True)`` (the default); required/verify raise
+``TlsNegotiationError``. Transactions given a ``PreparedMessage`` use SIZE, 8BITMIME, SMTPUTF8
+and CHUNKING as ``smtp/transaction.py`` plans them; a refusal made locally never touches the wire.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ssl
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from mta_engine.errors import (
     ConnectError,
@@ -29,32 +39,40 @@ from mta_engine.errors import (
     RemoteProtocolError,
     ReplyTimeout,
 )
+from mta_engine.delivery._protocol import _SmtpProtocol
+from mta_engine.delivery.tls import TlsNegotiationError, TlsPolicy, tls_info
 from mta_engine.smtp._state import State
+from mta_engine.smtp.body import PreparedMessage
 from mta_engine.smtp.connection import ClientConnection
 from mta_engine.smtp.events import (
     NEED_DATA,
+    Bdat,
+    BdatLast,
     Command,
     Data,
     Ehlo,
     Helo,
-    MailFrom,
     Payload,
     Quit,
-    RcptTo,
     Replied,
     Rset,
+    StartTls,
 )
 from mta_engine.smtp.reply import Reply
+from mta_engine.smtp.transaction import TransactionPlan, plan_legacy, plan_transaction
 
 __all__ = [
     "ServerClosingError",
     "SessionRefused",
     "SmtpSession",
     "SmtpTimeouts",
+    "TlsNegotiationError",
+    "TlsPolicy",
     "TransactionResult",
 ]
 
 _PIPELINING = "PIPELINING"  # RFC 2920 §3
+_STARTTLS = "STARTTLS"  # RFC 3207 §4
 _CLOSING = 421  # RFC 5321 §3.8: the server is closing the channel
 _ABORT_DATA = Payload(b".\r\n")  # RFC 2920 §3.1: 354 but no recipient accepted → lone dot
 # Command-mode states from which the next transaction's leading RSET is legal (§4.1.1.5).
@@ -74,6 +92,7 @@ class SmtpTimeouts:
     block_s: float = 180.0  # §4.5.3.2.5 each data block: 3 minutes
     final_s: float = 600.0  # §4.5.3.2.6 DATA termination (reply to the final dot): 10 minutes
     quit_s: float = 10.0  # 221 after QUIT (operational; §4.1.1.10 gives none)
+    tls_s: float = 60.0  # TLS handshake (operational; RFC 3207 gives none)
 
 
 class SessionRefused(MtaError):
@@ -96,13 +115,26 @@ class ServerClosingError(NetworkError):
 
 @dataclass(slots=True)
 class TransactionResult:
-    """Replies of one transaction; ``None`` = not answered. ``phase`` = last phase reached."""
+    """Replies of one transaction; ``None`` = not answered. ``phase`` = last phase reached.
+
+    ``local`` is True when nothing was sent: ``mail`` then holds a reply made here (SIZE 552
+    5.3.4, 8BITMIME 554 5.6.3, SMTPUTF8 553 5.6.7) that applies to every recipient.
+    ``local_rcpts`` lists the recipients whose ``rcpts`` reply was made here (553 5.6.7).
+    """
 
     mail: Reply | None
     rcpts: list[Reply | None]
     data: Reply | None
     error: Exception | None
-    phase: str  # "mail" | "rcpt" | "data" | "payload" (payload = the final dot has been sent)
+    phase: str  # "mail" | "rcpt" | "data" | "payload" (payload = the final dot/BDAT LAST was sent)
+    local: bool = False
+    local_rcpts: tuple[int, ...] = ()
+
+
+def _accepted(result: TransactionResult) -> bool:
+    """True if MAIL and at least one RCPT were accepted (T05, RFC 2920 §3.1)."""
+    mail = result.mail
+    return mail is not None and mail.is_success and any(r is not None and r.is_success for r in result.rcpts)
 
 
 def _record_closing(result: TransactionResult, exc: ServerClosingError) -> None:
@@ -113,80 +145,6 @@ def _record_closing(result: TransactionResult, exc: ServerClosingError) -> None:
         result.rcpts[result.rcpts.index(None)] = exc.reply
     elif exc.phase in ("data", "payload"):
         result.data = exc.reply
-
-
-class _SmtpProtocol(asyncio.Protocol):
-    """Feeds received bytes to the ``ClientConnection`` and wakes the one waiting coroutine."""
-
-    def __init__(self, conn: ClientConnection, loop: asyncio.AbstractEventLoop) -> None:
-        self._conn = conn
-        self._loop = loop
-        self.transport: asyncio.Transport | None = None
-        self.lost = False
-        self.lost_exc: Exception | None = None
-        self._waiter: asyncio.Future[None] | None = None
-        self._paused = False
-        self._drain_waiter: asyncio.Future[None] | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport
-
-    def data_received(self, data: bytes) -> None:
-        self._conn.receive_data(data)
-        self._wake()
-
-    def eof_received(self) -> bool:
-        self._conn.receive_data(b"")
-        self._wake()
-        return False  # let the transport close itself
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.lost = True
-        self.lost_exc = exc
-        self._conn.receive_data(b"")
-        self._wake()
-        self._wake_drain()
-
-    def pause_writing(self) -> None:
-        self._paused = True
-
-    def resume_writing(self) -> None:
-        self._paused = False
-        self._wake_drain()
-
-    def _wake(self) -> None:
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
-
-    def _wake_drain(self) -> None:
-        waiter = self._drain_waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
-
-    async def wait_data(self) -> None:
-        """Return after the next ``data_received``/EOF (immediately if the connection is gone)."""
-        if self.lost:
-            return
-        self._waiter = self._loop.create_future()
-        try:
-            await self._waiter
-        finally:
-            self._waiter = None
-
-    async def drain(self, block_s: float) -> None:
-        """Wait until the transport's write buffer is below its high-water mark."""
-        while self._paused and not self.lost:
-            self._drain_waiter = self._loop.create_future()
-            try:
-                async with asyncio.timeout(block_s):
-                    await self._drain_waiter
-            except TimeoutError as exc:
-                raise DataTimeout(f"data block not written within {block_s}s") from exc
-            finally:
-                self._drain_waiter = None
-        if self.lost:
-            raise NetworkError("connection lost while writing data") from self.lost_exc
 
 
 class SmtpSession:
@@ -204,6 +162,11 @@ class SmtpSession:
         "last_used",
         "peer",
         "mx_name",
+        "tls_info",
+        "tls_fallback_reason",
+        "_tls",
+        "_chunking",
+        "_loop",
     )
 
     def __init__(
@@ -215,6 +178,8 @@ class SmtpSession:
         *,
         peer: str,
         mx_name: str,
+        tls: TlsPolicy = TlsPolicy(),
+        chunking: bool = False,
     ) -> None:
         """Wrap an established connection; use ``SmtpSession.open`` instead."""
         self._conn = conn
@@ -228,11 +193,19 @@ class SmtpSession:
         self.last_used = self.created_at
         self.peer = peer
         self.mx_name = mx_name
+        # {"version", "cipher", "verified", "peer_cn"} once TLS is up, else None (accounting log).
+        self.tls_info: dict[str, Any] | None = None
+        # Why an opportunistic session ended up in plaintext (454, failed handshake), else None.
+        self.tls_fallback_reason: str | None = None
+        self._tls = tls
+        self._chunking = chunking
+        self._loop = asyncio.get_running_loop()
 
     def __repr__(self) -> str:
         return (
             f"<SmtpSession peer={self.peer} mx={self.mx_name or '-'} state={self._conn.state.name} "
-            f"transactions={self.transactions} usable={self.usable}>"
+            f"transactions={self.transactions} usable={self.usable}"
+            f"{' tls=' + str(self.tls_info['version']) if self.tls_info else ''}>"
         )
 
     @property
@@ -266,13 +239,43 @@ class SmtpSession:
         timeouts: SmtpTimeouts,
         source_ip: str | None = None,
         mx_name: str = "",
+        tls: TlsPolicy = TlsPolicy(),
+        tls_fallback: bool = True,
+        chunking: bool = False,
     ) -> SmtpSession:
-        """Connect, read the greeting and say EHLO (HELO after 500/502); raise if refused.
+        """Connect, read the greeting, say EHLO (HELO after 500/502), STARTTLS per ``tls``.
 
         Raises ``ConnectError``/``ConnectTimeout`` (connect or greeting), ``ReplyTimeout``
-        (EHLO/HELO), ``NetworkError`` (closed early), ``RemoteProtocolError`` or
-        ``SessionRefused`` (non-2xx greeting or EHLO/HELO; QUIT is sent first when allowed).
+        (EHLO/HELO/STARTTLS), ``NetworkError`` (closed early), ``RemoteProtocolError``,
+        ``SessionRefused`` (non-2xx greeting or EHLO/HELO; QUIT is sent first when allowed) or
+        ``TlsNegotiationError`` (TLS required but not advertised, refused or failed; or an
+        opportunistic handshake failed and ``tls_fallback`` is False). With ``tls_fallback``
+        an opportunistic handshake failure is retried once in plaintext on a new connection
+        and ``tls_fallback_reason`` says why. ``chunking`` allows BDAT when advertised.
         """
+        args = (host, port, ehlo_name, timeouts, source_ip, mx_name, chunking)
+        try:
+            return await cls._open_once(*args, tls)
+        except TlsNegotiationError as exc:
+            if not (exc.fallback_ok and tls_fallback):
+                raise
+            # RFC 3207 §4 / STANDARDS L01: opportunistic TLS never blocks delivery; one retry.
+            session = await cls._open_once(*args, TlsPolicy("none"))
+            session.tls_fallback_reason = f"TLS handshake failed: {exc}"
+            return session
+
+    @classmethod
+    async def _open_once(
+        cls,
+        host: str,
+        port: int,
+        ehlo_name: str,
+        timeouts: SmtpTimeouts,
+        source_ip: str | None,
+        mx_name: str,
+        chunking: bool,
+        tls: TlsPolicy,
+    ) -> SmtpSession:
         loop = asyncio.get_running_loop()
         conn = ClientConnection()
         proto = _SmtpProtocol(conn, loop)
@@ -286,8 +289,10 @@ class SmtpSession:
             raise ConnectError(f"connect to {host}:{port} failed: {exc}") from exc
         peername = transport.get_extra_info("peername")
         peer = str(peername[0]) if peername else host
-        session = cls(conn, proto, transport, timeouts, peer=peer, mx_name=mx_name)
+        session = cls(conn, proto, transport, timeouts, peer=peer, mx_name=mx_name, tls=tls, chunking=chunking)
         try:
+            if tls.implicit:
+                await session._start_tls()  # RFC 8314 §3.3: the handshake comes before the greeting
             await session._greet(ehlo_name)
         except BaseException:
             session.abort()
@@ -295,50 +300,129 @@ class SmtpSession:
         return session
 
     async def _greet(self, ehlo_name: str) -> None:
-        timeouts = self._timeouts
         phase = "greeting"
         try:
-            reply = await self._reply(timeouts.greeting_s, ConnectTimeout, phase)
+            reply = await self._reply(self._timeouts.greeting_s, ConnectTimeout, phase)
             if reply.is_success:
-                phase = "ehlo"
-                reply = await self._command(Ehlo(ehlo_name), timeouts.ehlo_s, ReplyTimeout, phase)
-                if self._conn.state is State.GREETED:  # the table's 500/502 fallback (S02)
-                    phase = "helo"
-                    reply = await self._command(Helo(ehlo_name), timeouts.ehlo_s, ReplyTimeout, phase)
+                phase, reply = await self._hello(ehlo_name)
+            if reply.is_success and self._tls.wants_starttls:
+                phase, reply = await self._starttls(ehlo_name, reply)
         except ServerClosingError as exc:  # 421: the channel is already going away (§3.8)
-            raise SessionRefused(exc.reply, phase) from exc
+            raise SessionRefused(exc.reply, exc.phase) from exc
         if not reply.is_success:
             await self._quit_best_effort()  # S01 (554 greeting), S03 (EHLO/HELO refused)
             raise SessionRefused(reply, phase)
+
+    async def _hello(self, ehlo_name: str) -> tuple[str, Reply]:
+        """EHLO, and HELO when the table falls back after 500/502 (S02); return (phase, reply)."""
+        ehlo_s = self._timeouts.ehlo_s
+        reply = await self._command(Ehlo(ehlo_name), ehlo_s, ReplyTimeout, "ehlo")
+        if self._conn.state is State.GREETED:
+            return "helo", await self._command(Helo(ehlo_name), ehlo_s, ReplyTimeout, "helo")
+        return "ehlo", reply
+
+    async def _starttls(self, ehlo_name: str, ehlo_reply: Reply) -> tuple[str, Reply]:
+        """STARTTLS when advertised (RFC 3207 §4), then EHLO again (§4.2); return (phase, reply)."""
+        policy = self._tls
+        if not self._conn.supports(_STARTTLS):
+            if policy.requires_tls:
+                await self._quit_best_effort()
+                raise TlsNegotiationError(f"{self._server} does not advertise STARTTLS", fallback_ok=False)
+            return "ehlo", ehlo_reply
+        # STARTTLS is sent alone: it ends any pipeline group (RFC 3207 §4.2, STANDARDS X01).
+        reply = await self._command(StartTls(), self._timeouts.ehlo_s, ReplyTimeout, "starttls")
+        if not reply.is_success:
+            if policy.requires_tls:
+                await self._quit_best_effort()
+                raise TlsNegotiationError(
+                    f"{self._server} refused STARTTLS: {reply}", fallback_ok=False, reply=reply
+                )
+            self.tls_fallback_reason = f"STARTTLS refused: {reply}"
+            return "ehlo", ehlo_reply  # 454: carry on in plaintext on this connection (L01)
+        # ClientConnection already failed if plaintext followed the 220 (injection, L03); no await
+        # separates that check from start_tls, so no later plaintext is ever parsed.
+        await self._start_tls()
+        return await self._hello(ehlo_name)
+
+    @property
+    def _server(self) -> str:
+        return self.mx_name or self.peer
+
+    async def _start_tls(self) -> None:
+        """Run the TLS handshake on the current transport; raise ``TlsNegotiationError``."""
+        policy = self._tls
+        server_hostname = self.mx_name or None  # SNI; checked against the certificate in "verify"
+        if policy.verifies and server_hostname is None:
+            raise TlsNegotiationError("TLS mode 'verify' needs the MX name", fallback_ok=False)
+        tls_s = self._timeouts.tls_s
+        try:
+            async with asyncio.timeout(tls_s):
+                transport = await self._loop.start_tls(
+                    self._transport,
+                    self._proto,
+                    policy.context(),
+                    server_hostname=server_hostname,
+                    ssl_handshake_timeout=tls_s,
+                )
+        except (OSError, TimeoutError, EOFError) as exc:  # ssl.SSLError is an OSError
+            self._usable = False
+            kind = "certificate rejected" if isinstance(exc, ssl.SSLCertVerificationError) else "failed"
+            raise TlsNegotiationError(
+                f"TLS handshake with {self._server} {kind}: {exc or type(exc).__name__}",
+                fallback_ok=policy.mode == "opportunistic" and not policy.implicit,
+            ) from exc
+        if transport is None:  # pragma: no cover - only for loops without TLS upgrade support
+            raise TlsNegotiationError("the event loop cannot start TLS", fallback_ok=False)
+        self._transport = transport
+        self.tls_info = tls_info(transport.get_extra_info("ssl_object"), verified=policy.verifies)
 
     async def transaction(
         self,
         sender: str,
         recipients: Sequence[str],
-        payload: bytes,
+        payload: bytes | PreparedMessage,
         *,
         mail_params: tuple[str, ...] = (),
     ) -> TransactionResult:
-        """Run MAIL, RCPT per recipient, DATA and the prepared ``payload``; return every reply.
+        """Run MAIL, RCPT per recipient and DATA (or BDAT); return every reply.
 
-        ``payload`` must come from ``smtp.body.data_payload``. Raises ``LocalProtocolError`` only
+        ``payload`` is preferably a ``PreparedMessage``: then SIZE, 8BITMIME, SMTPUTF8 and
+        CHUNKING are used as advertised, and a message the server cannot take is refused here
+        (``result.local``) without opening a transaction. Bytes from ``smtp.body.data_payload``
+        are still accepted and sent with DATA as they are. Raises ``LocalProtocolError`` only
         for our own misuse (unusable session, no recipients, unsendable address).
         """
         if not self.usable:
             raise LocalProtocolError(f"transaction on an unusable session {self!r}")
         if not recipients:
             raise LocalProtocolError("a transaction needs at least one recipient")
-        mail = MailFrom(sender, mail_params)
-        rcpts = [RcptTo(address) for address in recipients]
-        body = Payload(payload)
-        result = TransactionResult(mail=None, rcpts=[None] * len(rcpts), data=None, error=None, phase="mail")
+        if isinstance(payload, PreparedMessage):
+            planned = plan_transaction(
+                self._conn.extensions,
+                sender,
+                recipients,
+                payload,
+                server=self._server,
+                chunking=self._chunking,
+                mail_params=mail_params,
+            )
+        else:
+            planned = plan_legacy(sender, recipients, payload, mail_params)
+        n = len(recipients)
+        if isinstance(planned, Reply):  # refused locally: nothing goes on the wire
+            return TransactionResult(planned, [None] * n, None, None, "mail", local=True)
+        plan = planned
+        result = TransactionResult(mail=None, rcpts=[None] * n, data=None, error=None, phase="mail")
+        for index, reply in plan.refused.items():
+            result.rcpts[index] = reply
+        result.local_rcpts = tuple(sorted(plan.refused))
         reset = self.transactions > 0  # T01/T09: RSET before reusing the connection
         self.transactions += 1
         try:
             if self._conn.supports(_PIPELINING):
-                await self._run_pipelined(result, reset, mail, rcpts, body)
+                await self._run_pipelined(result, reset, plan)
             else:
-                await self._run_lockstep(result, reset, mail, rcpts, body)
+                await self._run_lockstep(result, reset, plan)
         except (NetworkError, DeliveryTimeout, RemoteProtocolError) as exc:
             if isinstance(exc, ServerClosingError):
                 _record_closing(result, exc)
@@ -350,53 +434,70 @@ class SmtpSession:
         self.last_used = time.monotonic()
         return result
 
-    async def _run_pipelined(
-        self,
-        result: TransactionResult,
-        reset: bool,
-        mail: MailFrom,
-        rcpts: list[RcptTo],
-        body: Payload,
-    ) -> None:
-        """RFC 2920: one write of [RSET] MAIL RCPT... DATA, then check every reply in order."""
+    async def _run_pipelined(self, result: TransactionResult, reset: bool, plan: TransactionPlan) -> None:
+        """RFC 2920: one write of [RSET] MAIL RCPT... DATA (or the first BDAT), then every reply."""
         timeouts = self._timeouts
         group: list[Command] = [Rset()] if reset else []
-        group += [mail, *rcpts, Data()]
+        group += [plan.mail, *(rcpt for _, rcpt in plan.rcpts)]
+        chunks = plan.body if isinstance(plan.body, tuple) else None
+        group.append(chunks[0] if chunks else Data())  # RFC 3030 §4.2: BDAT may be pipelined
         self._write(self._conn.send_pipelined(group))
         if reset:
             self._check_rset(await self._reply(timeouts.mail_s, ReplyTimeout, "rset"))
         result.mail = await self._reply(timeouts.mail_s, ReplyTimeout, "mail")
         result.phase = "rcpt"
-        for i in range(len(rcpts)):
-            result.rcpts[i] = await self._reply(timeouts.rcpt_s, ReplyTimeout, "rcpt")
+        for index, _ in plan.rcpts:
+            result.rcpts[index] = await self._reply(timeouts.rcpt_s, ReplyTimeout, "rcpt")
         result.phase = "data"
+        if chunks:
+            await self._send_chunks(result, chunks, first_sent=True)
+            return
         result.data = await self._reply(timeouts.data_s, ReplyTimeout, "data")
-        accepted = result.mail.is_success and any(r is not None and r.is_success for r in result.rcpts)
-        await self._send_payload(result, body if accepted else None)
+        assert isinstance(plan.body, Payload)
+        await self._send_payload(result, plan.body if _accepted(result) else None)
 
-    async def _run_lockstep(
-        self,
-        result: TransactionResult,
-        reset: bool,
-        mail: MailFrom,
-        rcpts: list[RcptTo],
-        body: Payload,
-    ) -> None:
+    async def _run_lockstep(self, result: TransactionResult, reset: bool, plan: TransactionPlan) -> None:
         """One command, one reply (STANDARDS X03)."""
         timeouts = self._timeouts
         if reset:
             self._check_rset(await self._command(Rset(), timeouts.mail_s, ReplyTimeout, "rset"))
-        result.mail = await self._command(mail, timeouts.mail_s, ReplyTimeout, "mail")
+        result.mail = await self._command(plan.mail, timeouts.mail_s, ReplyTimeout, "mail")
         if not result.mail.is_success:
             return
         result.phase = "rcpt"
-        for i, rcpt in enumerate(rcpts):
-            result.rcpts[i] = await self._command(rcpt, timeouts.rcpt_s, ReplyTimeout, "rcpt")
-        if not any(r is not None and r.is_success for r in result.rcpts):
+        for index, rcpt in plan.rcpts:
+            result.rcpts[index] = await self._command(rcpt, timeouts.rcpt_s, ReplyTimeout, "rcpt")
+        if not _accepted(result):
             return  # T05: DATA only after at least one accepted RCPT
         result.phase = "data"
+        if isinstance(plan.body, tuple):
+            await self._send_chunks(result, plan.body, first_sent=False)
+            return
         result.data = await self._command(Data(), timeouts.data_s, ReplyTimeout, "data")
-        await self._send_payload(result, body)
+        await self._send_payload(result, plan.body)
+
+    async def _send_chunks(
+        self, result: TransactionResult, chunks: tuple[Bdat | BdatLast, ...], *, first_sent: bool
+    ) -> None:
+        """BDAT chunks one at a time, each reply checked (RFC 3030 §2); the last one's is final.
+
+        Replies to non-last chunks are stored only when they fail: a 250 for a chunk is not a
+        delivery (a connection lost after it must stay "not delivered").
+        """
+        timeouts = self._timeouts
+        for i, chunk in enumerate(chunks):
+            if i or not first_sent:
+                self._write(self._conn.send(chunk))
+            await self._proto.drain(timeouts.block_s)
+            last = isinstance(chunk, BdatLast)
+            if last:
+                result.phase = "payload"
+                result.data = await self._reply(timeouts.final_s, DataTimeout, "payload")
+                return
+            reply = await self._reply(timeouts.block_s, DataTimeout, "data")
+            if not reply.is_success:
+                result.data = reply  # RFC 3030 §2: no more chunks after a failed one
+                return
 
     async def _send_payload(self, result: TransactionResult, body: Payload | None) -> None:
         """After a 354, send ``body`` (or the lone dot when nothing was accepted); read the reply."""

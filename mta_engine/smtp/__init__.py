@@ -6,10 +6,13 @@ into bytes and bytes into events. ``LocalProtocolError`` means the caller misuse
 """
 
 from mta_engine.smtp._state import State
-from mta_engine.smtp.body import data_payload, dot_stuff, has_8bit, normalize_crlf, unstuff
+from mta_engine.smtp.address import envelope_needs_smtputf8, wire_address
+from mta_engine.smtp.body import PreparedMessage, data_payload, dot_stuff, has_8bit, normalize_crlf, unstuff
 from mta_engine.smtp.connection import ClientConnection
 from mta_engine.smtp.events import (
     NEED_DATA,
+    Bdat,
+    BdatLast,
     Closed,
     Command,
     Data,
@@ -30,6 +33,8 @@ from mta_engine.smtp.reply import Reply, ReplyParser
 
 __all__ = [
     "NEED_DATA",
+    "Bdat",
+    "BdatLast",
     "ClientConnection",
     "Closed",
     "Command",
@@ -41,6 +46,7 @@ __all__ = [
     "MailFrom",
     "Noop",
     "Payload",
+    "PreparedMessage",
     "Quit",
     "RcptTo",
     "Replied",
@@ -51,7 +57,9 @@ __all__ = [
     "State",
     "data_payload",
     "dot_stuff",
+    "envelope_needs_smtputf8",
     "has_8bit",
     "normalize_crlf",
     "unstuff",
+    "wire_address",
 ]

@@ -14,6 +14,8 @@ from typing import Final
 
 from mta_engine.errors import LocalProtocolError
 from mta_engine.smtp.events import (
+    Bdat,
+    BdatLast,
     Command,
     Data,
     Ehlo,
@@ -54,7 +56,8 @@ class State(enum.Enum):
     RCPT_SENT = "rcpt_sent"
     DATA_SENT = "data_sent"
     DATA_READY = "data_ready"  # 354 received: the payload goes next (§4.1.1.4)
-    PAYLOAD_SENT = "payload_sent"  # waiting for the final reply (§4.5.3.2.6)
+    BDAT_SENT = "bdat_sent"  # a non-last BDAT chunk went out; more chunks follow (RFC 3030 §2)
+    PAYLOAD_SENT = "payload_sent"  # final dot or BDAT LAST sent: waiting for the final reply (§4.5.3.2.6)
     QUIT_SENT = "quit_sent"
     CLOSED = "closed"  # 421, 221 or EOF: the channel is gone (§3.8)
     ERROR = "error"  # the peer broke the protocol; the session must be dropped
@@ -113,6 +116,12 @@ SEND: Final[dict[tuple[State, type[Command]], State]] = {
     (State.RCPT_SENT, Noop): State.RCPT_SENT,
     (State.RCPT_SENT, Quit): State.QUIT_SENT,
     (State.DATA_READY, Payload): State.PAYLOAD_SENT,
+    # RFC 3030 §2-§3: BDAT replaces DATA after the RCPTs; DATA and BDAT never mix in one
+    # transaction, so BDAT_SENT allows only more BDAT (and no DATA, RSET or QUIT mid-chunk).
+    (State.RCPT_SENT, Bdat): State.BDAT_SENT,
+    (State.RCPT_SENT, BdatLast): State.PAYLOAD_SENT,
+    (State.BDAT_SENT, Bdat): State.BDAT_SENT,
+    (State.BDAT_SENT, BdatLast): State.PAYLOAD_SENT,
 }
 
 # (command type or None for the greeting, reply kind) -> state, applied when the reply answers the
@@ -136,6 +145,11 @@ ON_REPLY: Final[dict[tuple[type[Command] | None, ReplyKind], State]] = {
     (Data, ReplyKind.NOT_IMPLEMENTED): State.READY,
     (Data, ReplyKind.FAILURE): State.READY,
     **{(Payload, k): State.READY for k in ReplyKind},
+    # RFC 3030 §2: a failed chunk fails the transaction; no more chunks, RSET before the next one.
+    (Bdat, ReplyKind.INTERMEDIATE): State.READY,
+    (Bdat, ReplyKind.NOT_IMPLEMENTED): State.READY,
+    (Bdat, ReplyKind.FAILURE): State.READY,
+    **{(BdatLast, k): State.READY for k in ReplyKind},
     (Rset, ReplyKind.SUCCESS): State.READY,
     (Rset, ReplyKind.INTERMEDIATE): State.REFUSED,
     (Rset, ReplyKind.NOT_IMPLEMENTED): State.REFUSED,  # a server that cannot RSET cannot be reused
@@ -148,8 +162,9 @@ ON_REPLY: Final[dict[tuple[type[Command] | None, ReplyKind], State]] = {
 }
 
 # RFC 2920 §3.1: only these may be followed by more commands in the same pipelined group; EHLO,
-# DATA, VRFY, EXPN, TURN, QUIT and NOOP end a group; STARTTLS too (RFC 3207 §4.2).
-GROUP_MAY_CONTINUE: Final[frozenset[type[Command]]] = frozenset({MailFrom, RcptTo, Rset})
+# DATA, VRFY, EXPN, TURN, QUIT and NOOP end a group; STARTTLS too (RFC 3207 §4.2). Non-last BDAT
+# chunks may be pipelined (RFC 3030 §4.2); BDAT LAST ends the transaction and the group.
+GROUP_MAY_CONTINUE: Final[frozenset[type[Command]]] = frozenset({MailFrom, RcptTo, Rset, Bdat})
 
 
 def next_state_on_send(state: State, command: Command) -> State:

@@ -6,11 +6,37 @@ place the wire form of DATA content is produced; its output contains exactly one
 ``CRLF.CRLF``, at the very end, and no bare CR or LF (RFC 5321 §2.3.8, §4.1.1.4, §4.5.2;
 SMTP smuggling, CVE-2023-51764/51765/51766; STANDARDS D01-D04). These functions never fail on
 any input and never reject a message: policy (8-bit, line length) is the caller's decision.
+
+``PreparedMessage`` is the preferred form a session sends: the normalized message with its
+RFC 1870 size, its 8-bit and SMTPUTF8 needs, its DATA payload and BDAT chunks (RFC 3030), each
+computed once, and a 7-bit form for servers without 8BITMIME (RFC 6152 §3), made with the
+stdlib ``email`` package. Pure: no I/O.
 """
 
 from __future__ import annotations
 
-__all__ = ["CRLF", "DATA_END", "data_payload", "dot_stuff", "has_8bit", "normalize_crlf", "unstuff"]
+import binascii
+import email.parser
+import email.policy
+from email.generator import BytesGenerator
+from email.message import Message
+from functools import cached_property
+from io import BytesIO
+
+from mta_engine.smtp.address import envelope_needs_smtputf8
+
+__all__ = [
+    "CRLF",
+    "DATA_END",
+    "DEFAULT_CHUNK_OCTETS",
+    "PreparedMessage",
+    "data_payload",
+    "dot_stuff",
+    "envelope_needs_smtputf8",
+    "has_8bit",
+    "normalize_crlf",
+    "unstuff",
+]
 
 CRLF = b"\r\n"  # RFC 5321 §2.3.8: the only line ending allowed on the wire
 DATA_END = b"\r\n.\r\n"  # RFC 5321 §4.1.1.4: end-of-data indicator
@@ -61,3 +87,107 @@ def unstuff(payload: bytes) -> bytes:
 def has_8bit(data: bytes) -> bool:
     """True if any octet is >= 0x80 (needs 8BITMIME or re-encoding, RFC 6152 §3)."""
     return not data.isascii()
+
+
+# RFC 3030 §2 sets no chunk size; 1 MiB keeps each BDAT write well within one block timeout.
+DEFAULT_CHUNK_OCTETS = 1024 * 1024
+_HEADER_END = b"\r\n\r\n"
+# RFC 2045 §6.1 identity encodings; "7bit" too, since 8-bit octets under it are mislabelled.
+_IDENTITY_ENCODINGS = frozenset({"7bit", "8bit", "binary"})
+# compat32 keeps header values as received; no line-length limit means no re-folding.
+_POLICY = email.policy.compat32.clone(max_line_length=0, linesep="\r\n")
+
+
+class PreparedMessage:
+    """One message ready for SMTP: CRLF-normalized content plus everything derived from it once.
+
+    ``data`` is the normalized message ending in CRLF, not dot-stuffed. ``smtputf8`` is set by
+    the caller when the envelope or the headers are UTF-8 (see ``envelope_needs_smtputf8``).
+    """
+
+    __slots__ = ("data", "needs_smtputf8", "__dict__")
+
+    def __init__(self, data: bytes, *, smtputf8: bool = False) -> None:
+        body = normalize_crlf(data)
+        if not body.endswith(CRLF):
+            body += CRLF  # RFC 5321 §4.1.1.4: the content ends in CRLF
+        self.data = body
+        self.needs_smtputf8 = smtputf8
+
+    def __repr__(self) -> str:
+        flags = "".join((" 8bit" if self.is_8bit else "", " smtputf8" if self.needs_smtputf8 else ""))
+        return f"<PreparedMessage {self.size} octets{flags}>"
+
+    @cached_property
+    def size(self) -> int:
+        """Octets including CRLFs, excluding dot-stuffing and the terminator (RFC 1870 §5, §6)."""
+        return len(self.data)
+
+    @cached_property
+    def is_8bit(self) -> bool:
+        """True if any octet is >= 0x80: needs BODY=8BITMIME or a 7-bit form (RFC 6152 §3)."""
+        return has_8bit(self.data)
+
+    @cached_property
+    def dot_stuffed(self) -> bytes:
+        """The DATA payload: stuffed and terminated, the ``data_payload`` form (RFC 5321 §4.5.2)."""
+        return dot_stuff(self.data) + _LAST_LINE
+
+    def chunks(self, max_octets: int = DEFAULT_CHUNK_OCTETS) -> list[bytes]:
+        """BDAT chunks (RFC 3030 §2): raw content, no stuffing, no terminator; never empty."""
+        if max_octets <= 0:
+            raise ValueError("max_octets must be positive")
+        data = self.data
+        return [data[i : i + max_octets] for i in range(0, len(data), max_octets)] or [b""]
+
+    @cached_property
+    def _seven_bit(self) -> PreparedMessage | None:
+        if not self.is_8bit:
+            return self
+        end = self.data.find(_HEADER_END)
+        if end < 0 or has_8bit(self.data[:end]):
+            return None  # 8-bit headers cannot be downgraded (RFC 6532); caller bounces 5.6.7
+        message = email.parser.BytesParser(policy=_POLICY).parsebytes(self.data)
+        changed = False
+        for part in message.walk():
+            if not part.is_multipart():
+                changed = _reencode_part(part) or changed
+        if changed and "MIME-Version" not in message:
+            message["MIME-Version"] = "1.0"  # RFC 2045 §4: a Content-Transfer-Encoding needs it
+        out = BytesIO()
+        BytesGenerator(out, mangle_from_=False, policy=_POLICY).flatten(message)
+        converted = PreparedMessage(out.getvalue(), smtputf8=self.needs_smtputf8)
+        # 8-bit left in MIME part headers, a preamble or an epilogue: not convertible.
+        return None if converted.is_8bit else converted
+
+    def seven_bit(self) -> PreparedMessage | None:
+        """A 7-bit form: 8-bit MIME leaves re-encoded as quoted-printable (text) or base64.
+
+        Headers stay as they are. Returns ``self`` when already 7-bit and None when conversion is
+        impossible (8-bit headers): the caller then fails the message with 5.6.3 or 5.6.7.
+        """
+        return self._seven_bit
+
+
+def _reencode_part(part: Message) -> bool:
+    """Re-encode one leaf part whose identity encoding carries 8-bit octets (RFC 2045 §6)."""
+    cte = str(part.get("Content-Transfer-Encoding", "")).strip().lower()
+    if cte and cte not in _IDENTITY_ENCODINGS:
+        return False  # quoted-printable/base64 (or unknown: caught by the final 8-bit check)
+    raw = part.get_payload(decode=True)
+    if not isinstance(raw, bytes) or raw.isascii():
+        return False
+    if part.get_content_maintype() == "text":
+        lines = raw.replace(b"\r\n", b"\n")
+        encoded = binascii.b2a_qp(lines, istext=True).decode("ascii")
+        name = "quoted-printable"
+    else:
+        flat = binascii.b2a_base64(raw, newline=False).decode("ascii")
+        encoded = "\n".join(flat[i : i + 76] for i in range(0, len(flat), 76))  # RFC 2045 §6.8
+        name = "base64"
+    part.set_payload(encoded)
+    if "Content-Transfer-Encoding" in part:
+        part.replace_header("Content-Transfer-Encoding", name)
+    else:
+        part["Content-Transfer-Encoding"] = name
+    return True

@@ -34,9 +34,23 @@ from mta_engine.smtp.events import (
 )
 from mta_engine.smtp.reply import Reply, ReplyParser
 
-__all__ = ["ClientConnection"]
+__all__ = ["ClientConnection", "parse_extensions", "parse_size_limit"]
 
 _PIPELINING = "PIPELINING"  # RFC 2920 §3: EHLO keyword that allows command groups
+_SIZE = "SIZE"  # RFC 1870 §3
+
+
+def parse_size_limit(params: str) -> int | None:
+    """The fixed maximum of an RFC 1870 ``SIZE`` keyword's parameter; None = no known limit.
+
+    RFC 1870 §3(3), §7: ``SIZE`` alone gives no information and ``SIZE 0`` means no fixed
+    maximum; anything that is not a decimal number is treated like "no information".
+    """
+    text = params.strip()
+    if not text.isdigit() or not text.isascii():
+        return None
+    limit = int(text)
+    return limit if limit > 0 else None
 
 
 def parse_extensions(reply: Reply) -> dict[str, str]:
@@ -68,6 +82,12 @@ class ClientConnection:
     def supports(self, keyword: str) -> bool:
         """True if the last EHLO reply advertised ``keyword`` (case-insensitive)."""
         return keyword.upper() in self.extensions
+
+    @property
+    def size_limit(self) -> int | None:
+        """The positive SIZE limit advertised by the last EHLO, or None (RFC 1870 §3, §7)."""
+        params = self.extensions.get(_SIZE)
+        return None if params is None else parse_size_limit(params)
 
     def _may_send(self) -> None:
         """Raise unless a new command may go out now (X03 lock-step / RFC 2920 §3.1 groups)."""

@@ -19,6 +19,8 @@ from mta_engine.smtp.reply import Reply
 __all__ = [
     "MAX_COMMAND_LINE_OCTETS",
     "NEED_DATA",
+    "Bdat",
+    "BdatLast",
     "Closed",
     "Command",
     "Data",
@@ -198,6 +200,38 @@ class Payload:
 
 
 @dataclass(frozen=True, slots=True)
+class Bdat:
+    """``BDAT <n>`` plus exactly n octets of content, more chunks to follow (RFC 3030 §2).
+
+    The chunk is raw message content: no dot-stuffing and no terminator (RFC 3030 §2, §3).
+    Non-last chunks may be pipelined (RFC 3030 §4.2).
+    """
+
+    chunk: bytes
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(<{len(self.chunk)} octets>)"
+
+    def to_bytes(self) -> bytes:
+        """Wire form: the command line followed by the chunk."""
+        return b"BDAT %d\r\n" % len(self.chunk) + self.chunk
+
+
+@dataclass(frozen=True, slots=True)
+class BdatLast:
+    """``BDAT <n> LAST`` plus n octets: the final chunk; its reply is the final reply (RFC 3030 §2)."""
+
+    chunk: bytes
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(<{len(self.chunk)} octets>)"
+
+    def to_bytes(self) -> bytes:
+        """Wire form: the command line followed by the chunk (``BDAT 0 LAST`` is legal)."""
+        return b"BDAT %d LAST\r\n" % len(self.chunk) + self.chunk
+
+
+@dataclass(frozen=True, slots=True)
 class Rset:
     """``RSET`` (RFC 5321 §4.1.1.5): abort the current transaction."""
 
@@ -233,7 +267,9 @@ class StartTls:
         return b"STARTTLS\r\n"
 
 
-Command = Ehlo | Helo | Lhlo | MailFrom | RcptTo | Data | Payload | Rset | Noop | Quit | StartTls
+Command = (
+    Ehlo | Helo | Lhlo | MailFrom | RcptTo | Data | Payload | Bdat | BdatLast | Rset | Noop | Quit | StartTls
+)
 
 
 @dataclass(frozen=True, slots=True)
