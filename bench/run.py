@@ -425,7 +425,7 @@ second (one line per repetition) in the PNG files.
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="5,000 recipients, 1 repetition")
-    ap.add_argument("--workload", default="W1,W2", help="comma-separated: W1,W2")
+    ap.add_argument("--workload", default="W1,W2,W3", help="comma-separated: W1,W2,W3")
     ap.add_argument("--messages", type=int, default=None, help="recipients per repetition (default 20,000)")
     ap.add_argument("--reps", type=int, default=None, help="repetitions (default 3; 1 with --quick)")
     ap.add_argument("--seed", type=int, default=1)
@@ -439,6 +439,14 @@ def main(argv: list[str] | None = None) -> int:
     date = dt.date.today().isoformat()
     latest: dict[str, dict[str, Any]] = {}
     for wl in [w.strip().upper() for w in args.workload.split(",") if w.strip()]:
+        if wl == "W3":  # provider-behaviour sinks; its own module and result format
+            from . import w3
+
+            rc = w3.main((["--quick"] if args.quick else []) + (["--messages", str(args.messages)]
+                                                               if args.messages else []) + ["--seed", str(args.seed)])
+            if rc:
+                return rc
+            continue
         unit = "msg/s" if wl == "W1" else "rcpt/s"
         results = []
         for rep in range(reps):

@@ -108,6 +108,7 @@ class Manager:
         self._rescan_flows: set[tuple[str, Any]] = set()
         self._full_scan_at = 0.0
         self._sweep_at = 0.0
+        self._sites_tick_at = 0.0
         self.workers: dict[int, WorkerLink] = {}
         self._results: list[Result] = []
         self._returns: list[Result] = []
@@ -573,6 +574,11 @@ class Manager:
 
     def _log_site_changes(self, now: float) -> list[dict[str, Any]]:
         events = []
+        if now >= self._sites_tick_at:  # time alone ends backoffs and dead periods, also of idle sites
+            self._sites_tick_at = now + 1.0
+            for st in self.sites.values():
+                if st.mode is not Mode.NORMAL:
+                    st.tick(now)
         for st in self.sites.values():
             for ch in st.drain_changes():
                 log.info("site_mode_changed", site=ch.site, old=ch.old_mode.name, new=ch.new_mode.name,
