@@ -68,6 +68,22 @@ class DeliveryConfig:
     block_timeout_s: float = 180.0
     final_timeout_s: float = 600.0
     quit_timeout_s: float = 10.0
+    tls_timeout_s: float = 60.0
+    chunking: bool = True
+    """Send bodies with BDAT (RFC 3030) when the server advertises CHUNKING."""
+
+
+@dataclass(frozen=True)
+class TlsConfig:
+    mode: str = "opportunistic"
+    """none | opportunistic | required | verify (certificate chain and MX name)."""
+    ca_file: str = ""
+    """Extra trust anchors for verify (PEM); empty = the system store."""
+    per_domain: dict[str, Any] = field(default_factory=dict)
+    """Destination domain -> mode, e.g. {"bank.example" = "verify"}."""
+
+    def mode_for(self, domain: str) -> str:
+        return str(self.per_domain.get(domain, self.mode))
 
 
 @dataclass(frozen=True)
@@ -141,6 +157,7 @@ class Config:
     control: ControlConfig = field(default_factory=ControlConfig)
     dns: DnsConfig = field(default_factory=DnsConfig)
     delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
+    tls: TlsConfig = field(default_factory=TlsConfig)
     queue: QueueConfig = field(default_factory=QueueConfig)
     sched: SchedConfig = field(default_factory=SchedConfig)
     bounce: BounceConfig = field(default_factory=BounceConfig)
@@ -164,7 +181,7 @@ class Config:
 
 _SECTION_TYPES = {
     "spool": SpoolConfig, "http": HttpConfig, "control": ControlConfig, "dns": DnsConfig,
-    "delivery": DeliveryConfig, "queue": QueueConfig, "sched": SchedConfig, "bounce": BounceConfig, "dsn": DsnConfig,
+    "delivery": DeliveryConfig, "tls": TlsConfig, "queue": QueueConfig, "sched": SchedConfig, "bounce": BounceConfig, "dsn": DsnConfig,
     "log": LogConfig,
 }
 
@@ -248,6 +265,12 @@ def _validate(cfg: Config) -> None:
         raise bad("sched", "dead_after_failures, messages_per_job and flow_stage_max must be >= 1")
     if cfg.queue.max_age_s <= 0:
         raise bad("queue.max_age_s", "must be positive")
+    modes = ("none", "opportunistic", "required", "verify")
+    for key, mode in [("tls.mode", cfg.tls.mode)] + [(f"tls.per_domain.{d}", m) for d, m in cfg.tls.per_domain.items()]:
+        if mode not in modes:
+            raise bad(key, f"must be one of {', '.join(modes)}, got {mode!r}")
+    if cfg.tls.ca_file and not os.path.exists(cfg.tls.ca_file):
+        raise bad("tls.ca_file", f"{cfg.tls.ca_file} does not exist")
     if cfg.log.level not in ("debug", "info", "warning", "error"):
         raise bad("log.level", "must be one of debug, info, warning, error")
     if cfg.log.format not in ("json", "console"):

@@ -29,7 +29,8 @@ from ..delivery.session import SessionRefused, SmtpSession, SmtpTimeouts
 from ..errors import DeliveryTimeout, DnsError, MtaError, SpoolCorrupt
 from ..routing.mx import MxHost, order_mx
 from ..routing.resolver import Resolver
-from ..smtp.body import data_payload
+from ..delivery.tls import TlsPolicy
+from ..smtp.body import PreparedMessage
 from ..spool import records
 from ..spool.store import Spool
 from ..template.render import MessageTemplate
@@ -47,7 +48,13 @@ class Body:
 
     def __init__(self, template: MessageTemplate) -> None:
         self.template = template
-        self.shared_payload: bytes | None = None
+        self.shared_payload: PreparedMessage | None = None
+
+
+def prepare(message: bytes) -> PreparedMessage:
+    """The message ready for SMTP; UTF-8 in the header section needs SMTPUTF8 (RFC 6532)."""
+    head = message.split(b"\r\n\r\n", 1)[0]
+    return PreparedMessage(message, smtputf8=not head.isascii())
 
 
 class SiteQueue:
@@ -69,7 +76,8 @@ class Worker:
         self.timeouts = SmtpTimeouts(connect_s=d.connect_timeout_s, greeting_s=d.greeting_timeout_s,
                                      ehlo_s=d.ehlo_timeout_s, mail_s=d.mail_timeout_s, rcpt_s=d.rcpt_timeout_s,
                                      data_s=d.data_timeout_s, block_s=d.block_timeout_s, final_s=d.final_timeout_s,
-                                     quit_s=d.quit_timeout_s)
+                                     quit_s=d.quit_timeout_s, tls_s=d.tls_timeout_s)
+        self._tls: dict[str, TlsPolicy] = {}
         self.pool = ConnectionPool(idle_timeout_s=d.idle_timeout_s,
                                    max_messages_per_connection=d.max_messages_per_connection)
         self.ehlo_name = cfg.ehlo_name
@@ -102,10 +110,10 @@ class Worker:
             self.done.set()
 
     def report(self, job: dict[str, Any], results: list[Outcome], mx: str | None = None, ip: str | None = None,
-               kind: str = "delivered") -> None:
+               kind: str = "delivered", tls: dict[str, Any] | None = None) -> None:
         """Queue one job's outcome for the manager. ``kind`` tells the site how the session went:
         delivered (the server answered, whatever it said), connect_failed, timeout, closing_421."""
-        self._out.append({"id": job["id"], "results": results, "mx": mx, "ip": ip, "kind": kind})
+        self._out.append({"id": job["id"], "results": results, "mx": mx, "ip": ip, "kind": kind, "tls": tls})
         if len(self._out) >= FLUSH_ITEMS:
             self.flush()
         elif self._flush_handle is None:
@@ -177,15 +185,22 @@ class Worker:
             self.bodies.popitem(last=False)
         return b
 
-    def payload(self, job: dict[str, Any], body: Body, rcpt: list[Any]) -> bytes:
+    def payload(self, job: dict[str, Any], body: Body, rcpt: list[Any]) -> PreparedMessage:
         if not body.template.per_recipient:
             if body.shared_payload is None:
-                body.shared_payload = data_payload(body.template.render(address="", name=None, variables=None,
-                                                                        message_id=""))
+                body.shared_payload = prepare(body.template.render(address="", name=None, variables=None,
+                                                                   message_id=""))
             return body.shared_payload
         index, address, name, variables = rcpt
         mid = f"{records.rcpt_id(job['msg'], index)}@{self.ehlo_name}"
-        return data_payload(body.template.render(address=address, name=name, variables=variables, message_id=mid))
+        return prepare(body.template.render(address=address, name=name, variables=variables, message_id=mid))
+
+    def tls_policy(self, domain: str) -> TlsPolicy:
+        mode = self.cfg.tls.mode_for(domain)
+        pol = self._tls.get(mode)
+        if pol is None:
+            pol = self._tls[mode] = TlsPolicy(mode, ca_file=self.cfg.tls.ca_file or None)  # type: ignore[arg-type]
+        return pol
 
     async def connect(self, job: dict[str, Any], idx: list[int]) -> tuple[SmtpSession | None, Endpoint | None,
                                                                           list[Outcome]]:
@@ -194,6 +209,7 @@ class Worker:
         last: list[Outcome] = local_failure(idx, 451, "4.4.4", "no MX host could be resolved", "connect")
         tried = 0
         port = self.cfg.delivery.port
+        tls = self.tls_policy(job["domain"])
         for host in hosts:
             try:
                 ips = await self.resolver.resolve_addresses(host.name)
@@ -201,14 +217,14 @@ class Worker:
                 last = local_failure(idx, 451, "4.4.4", f"MX {host.name}: {exc}", "dns")
                 continue
             for ip in ips:
-                ep = Endpoint(None, ip, port)
+                ep = Endpoint(None, ip, port, tls.mode)
                 cached = self.pool.take(ep, time.monotonic())
                 if cached is not None:
                     return cached, ep, []
                 tried += 1
                 try:
                     s = await SmtpSession.open(ip, port, ehlo_name=self.ehlo_name, timeouts=self.timeouts,
-                                               mx_name=host.name)
+                                               mx_name=host.name, tls=tls, chunking=self.cfg.delivery.chunking)
                     return s, ep, []
                 except SessionRefused as exc:
                     # A refused greeting/EHLO is about this host, not the recipients: try the next MX,
@@ -242,7 +258,7 @@ class Worker:
         batches = [[i] for i in rcpts] if job["per_rcpt"] else [list(rcpts)]
         results: list[Outcome] = []
         kind = "delivered"
-        mx = ip = None
+        mx = ip = tls_info = None
         for n, batch in enumerate(batches):
             session = self._fresh(session, job)
             if session is None:
@@ -252,7 +268,7 @@ class Worker:
                     kind = "connect_failed" if failed and failed[0][4] in ("connect", "dns") else "closing_421"
                     break
             assert endpoint is not None
-            mx, ip = session.mx_name, endpoint.ip
+            mx, ip, tls_info = session.mx_name, endpoint.ip, session.tls_info
             batch_kind = await self._transactions(job, body, session, rcpts, batch, results)
             if batch_kind != "delivered":
                 kind = batch_kind
@@ -265,7 +281,7 @@ class Worker:
                     results.extend(local_failure(rest, 451, "4.4.2", "not attempted: the previous session "
                                                  "on this site was closed", "connect"))
                     break
-        self.report(job, results, mx, ip, kind)
+        self.report(job, results, mx, ip, kind, tls_info)
         return session, endpoint
 
     async def _transactions(self, job: dict[str, Any], body: Body, session: SmtpSession, rcpts: dict[int, Any],

@@ -207,10 +207,11 @@ class Manager:
         link.inflight -= len(idxs)  # type: ignore[union-attr]
         self._site_feedback(site, item, self.clock())
         seen = set()
+        tls = item.get("tls")
         for idx, code, enhanced, text, phase, unknown in item["results"]:
             seen.add(idx)
             self._results.append(Result(msg_id, idx, code, enhanced, text, phase, site, item.get("mx"),
-                                        item.get("ip"), bool(unknown)))
+                                        item.get("ip"), bool(unknown), tls=tls))
         for idx in idxs:  # a worker must answer for every recipient; if not, count nothing and retry
             if idx not in seen:
                 self._results.append(Result(msg_id, idx, 0, site=site))

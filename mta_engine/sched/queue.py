@@ -54,6 +54,8 @@ class Result:
     """The connection died after the final dot: the message may have been delivered."""
     max_age_s: float | None = None
     """The destination's max age when it differs from the default."""
+    tls: dict[str, Any] | None = None
+    """TLS of the session: version, cipher, verified, peer_cn (None = plaintext)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -339,4 +341,7 @@ class QueueWriter:
                 "recipient": rec.address, "sender": msg.sender, "campaign": msg.campaign, "tenant": msg.tenant,
                 "site": r.site, "mx": r.mx, "ip": r.ip, "code": r.code, "enhanced": r.enhanced,
                 "response": r.text, "phase": r.phase, "attempt": rec.attempts,
-                "latency_s": round((now_ms - msg.created_ms) / 1000.0, 3), "unknown": r.unknown or None}
+                "latency_s": round((now_ms - msg.created_ms) / 1000.0, 3), "unknown": r.unknown or None,
+                "tls_version": r.tls.get("version") if r.tls else None,
+                "tls_cipher": r.tls.get("cipher") if r.tls else None,
+                "tls_verified": r.tls.get("verified") if r.tls else None}

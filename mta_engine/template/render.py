@@ -58,10 +58,16 @@ def _address(entry: Any) -> str:
 
 
 def _encode_part(text: str) -> tuple[bytes, str]:
-    """A text part's octets and its Content-Transfer-Encoding (7bit when it already fits)."""
+    """A text part's octets and its Content-Transfer-Encoding.
+
+    7bit or 8bit when every line fits (RFC 5322 §2.1.1); quoted-printable only for over-long lines.
+    An 8bit part is sent as is with BODY=8BITMIME, and converted to quoted-printable by the SMTP
+    client (``PreparedMessage.seven_bit``) only for a server without 8BITMIME (RFC 6152): so the
+    common case costs no encoding at all.
+    """
     data = text.encode("utf-8")
-    if data.isascii() and max(map(len, data.split(b"\n"))) <= MAX_LINE_OCTETS:
-        return _crlf(text).encode("ascii"), "7bit"
+    if max(map(len, data.split(b"\n"))) <= MAX_LINE_OCTETS:
+        return _crlf(text).encode("utf-8"), "7bit" if data.isascii() else "8bit"
     qp = binascii.b2a_qp(data.replace(b"\r\n", b"\n"), istext=True)
     return qp.replace(b"\n", b"\r\n"), "quoted-printable"
 

@@ -29,14 +29,15 @@ def test_variables_precedence() -> None:
     assert out.endswith(b"mine r@y.test R")
 
 
-def test_built_message_parses_and_uses_qp_for_8bit() -> None:
-    """A built message parses with the stdlib; non-ASCII text is quoted-printable, headers RFC 2047."""
+def test_built_message_parses_and_keeps_8bit_text() -> None:
+    """A built message parses with the stdlib; non-ASCII text is 8bit (converted per server), headers RFC 2047."""
     spec = spec_of({"subject": "Grüße {{ n }}", "from": {"email": "s@x.test", "name": "Sénder"},
                     "text_body": "Hallo {{ n }} — schön", "html_body": "<p>{{ n }}</p>",
                     "reply_to": "r@x.test", "headers": {"X-Campaign-Id": "{{ n }}-7"}})
     t = MessageTemplate(spec)
     raw = t.render(address="a@y.test", name="Ä B", variables={"n": "Jo"}, message_id="q.0@mta.test")
-    assert raw.isascii()
+    head, _, _ = raw.partition(b"\r\n\r\n")
+    assert head.isascii() and not raw.isascii()
     assert b"\n" not in raw.replace(b"\r\n", b"")
     msg = email.message_from_bytes(raw, policy=email.policy.default)
     assert msg["Subject"] == "Grüße Jo"
@@ -44,7 +45,7 @@ def test_built_message_parses_and_uses_qp_for_8bit() -> None:
     assert msg["Message-ID"] == "<q.0@mta.test>" and msg["X-Campaign-Id"] == "Jo-7"
     assert msg["Reply-To"] == "r@x.test"
     plain = msg.get_body(("plain",))
-    assert plain["Content-Transfer-Encoding"] == "quoted-printable"
+    assert plain["Content-Transfer-Encoding"] == "8bit"
     assert plain.get_content().rstrip() == "Hallo Jo — schön"
     assert msg.get_body(("html",))["Content-Transfer-Encoding"] == "7bit"
 
@@ -54,3 +55,11 @@ def test_fold_header_keeps_lines_short() -> None:
     folded = fold_header("Subject", "word " * 40)
     assert all(len(line) <= 78 for line in folded.split("\r\n"))
     assert folded.endswith("\r\n")
+
+
+def test_overlong_line_is_quoted_printable() -> None:
+    """A part with a line over 998 octets is quoted-printable encoded (RFC 5322 §2.1.1)."""
+    t = MessageTemplate(spec_of({"subject": "s", "from": {"email": "s@x.test"}, "text_body": "y" * 1500}))
+    raw = t.render(address="a@y.test", name=None, variables=None, message_id="q.0@mta.test")
+    assert b"Content-Transfer-Encoding: quoted-printable" in raw
+    assert max(len(line) for line in raw.split(b"\r\n")) <= 998
