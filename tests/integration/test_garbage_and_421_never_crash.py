@@ -56,9 +56,14 @@ def test_421_before_the_transaction_refuses_the_session(phase: str) -> None:
 def test_421_in_the_transaction_is_recorded(phase: str, result_phase: str) -> None:
     """421 at MAIL/RCPT/DATA/final dot: ServerClosingError in result.error, the 421 in its slot (R08)."""
     result, usable = run(attempt(Script(actions={phase: "421 4.3.2 going away"})))
-    assert isinstance(result.error, ServerClosingError) and result.phase == result_phase
     assert usable is False
     outcomes, _ = transaction_outcomes([0, 1], result)
+    if not isinstance(result.error, ServerClosingError):
+        # The server closes right after its 421 with our pipelined commands unread, so its kernel may
+        # answer with a reset that discards the 421 before we read it: then it is a lost connection.
+        assert result.error is not None and all(o[1] == 451 for o in outcomes)
+        return
+    assert result.phase == result_phase
     assert all(o[1] == 421 for o in outcomes)
 
 
