@@ -44,6 +44,9 @@ class DnsConfig:
     """Empty: use /etc/resolv.conf."""
     port: int = 53
     timeout_s: float = 5.0
+    ipv6: str = "auto"
+    """Look up AAAA records of MX hosts and connect over IPv6: "auto" (when this host has an IPv6
+    route), "yes" or "no"."""
 
 
 @dataclass(frozen=True)
@@ -265,6 +268,8 @@ def _validate(cfg: Config) -> None:
         raise bad("sched", "dead_after_failures, messages_per_job and flow_stage_max must be >= 1")
     if cfg.queue.max_age_s <= 0:
         raise bad("queue.max_age_s", "must be positive")
+    if cfg.dns.ipv6 not in ("auto", "yes", "no"):
+        raise bad("dns.ipv6", f'must be "auto", "yes" or "no", got {cfg.dns.ipv6!r}')
     modes = ("none", "opportunistic", "required", "verify")
     for key, mode in [("tls.mode", cfg.tls.mode)] + [(f"tls.per_domain.{d}", m) for d, m in cfg.tls.per_domain.items()]:
         if mode not in modes:

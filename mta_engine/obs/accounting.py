@@ -4,7 +4,7 @@ Contract: events reach this writer only from the spool outbox, after the transac
 them committed. Each event carries its outbox ``event_seq``; at start the writer reads the last
 complete line of the file to learn the highest sequence already written, so events replayed from
 the outbox after a crash are skipped instead of written twice. Lines are rendered by structlog's
-JSON renderer (orjson), one ``write`` per batch. "-" writes to stderr (no replay check possible).
+serializer (orjson, directly: this is a per-recipient hot path), one ``write`` per batch. "-" writes to stderr (no replay check possible).
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ import sys
 from typing import Any, BinaryIO, Iterable
 
 import orjson
-import structlog
 
 _TAIL_BYTES = 1 << 16
 
@@ -51,7 +50,7 @@ class AccountingLog:
             self.written_seq = last_written_seq(path)
             self._file = open(path, "ab")
             self._truncate_partial_line()
-        self._render = structlog.processors.JSONRenderer(serializer=orjson.dumps)
+        self._dumps = orjson.dumps
 
     def _truncate_partial_line(self) -> None:
         """A line cut short by a crash would glue onto the next one: end it first."""
@@ -68,8 +67,7 @@ class AccountingLog:
             seq = ev.get("event_seq", 0)
             if seq and seq <= self.written_seq and self.path != "-":
                 continue
-            clean = {k: v for k, v in ev.items() if v is not None}
-            out.append(self._render(None, "", clean))
+            out.append(self._dumps({k: v for k, v in ev.items() if v is not None}))
             self.written_seq = max(self.written_seq, seq)
         if out:
             self._file.write(b"\n".join(out) + b"\n")

@@ -28,7 +28,7 @@ from ..delivery.pool import ConnectionPool, Endpoint
 from ..delivery.session import SessionRefused, SmtpSession, SmtpTimeouts
 from ..errors import DeliveryTimeout, DnsError, MtaError, SpoolCorrupt
 from ..routing.mx import MxHost, order_mx
-from ..routing.resolver import Resolver
+from ..routing.resolver import Resolver, has_ipv6_route
 from ..delivery.tls import TlsPolicy
 from ..smtp.body import PreparedMessage
 from ..spool import records
@@ -347,7 +347,8 @@ async def worker_main(cfg: Config, shard: int, ipc_path: str) -> int:
             if time.monotonic() > deadline:
                 raise
             await asyncio.sleep(0.1)
-    resolver = Resolver(cfg.dns.nameservers or None, port=cfg.dns.port, timeout_s=cfg.dns.timeout_s)
+    ipv6 = cfg.dns.ipv6 == "yes" or (cfg.dns.ipv6 == "auto" and has_ipv6_route())
+    resolver = Resolver(cfg.dns.nameservers or None, port=cfg.dns.port, timeout_s=cfg.dns.timeout_s, ipv6=ipv6)
     worker = Worker(cfg, shard, spool, resolver)
     while True:
         try:

@@ -93,7 +93,10 @@ class Resolver:
         transient_ttl_s: float = 1.0,
         max_entries: int = 100_000,
         max_concurrent_queries: int = 64,
+        ipv6: bool = True,
     ) -> None:
+        self.ipv6 = ipv6
+        """Look up AAAA for MX hosts; without an IPv6 route the answers could not be used anyway."""
         if nameservers is None:
             try:
                 self._dns = dns.asyncresolver.Resolver(configure=True)
@@ -256,7 +259,7 @@ class Resolver:
 
     async def _lookup_addresses(self, name: str) -> _Entry[list[str]]:
         try:
-            addrs, records = await self._addresses(name)
+            addrs, records = await self._addresses(name, ipv6=self.ipv6)
         except DnsError as err:
             return self._transient(err)
         if addrs is None:
@@ -266,18 +269,17 @@ class Resolver:
         return self._positive(addrs[0], addrs[1])
 
     async def _addresses(
-        self, name: str
+        self, name: str, *, ipv6: bool = True
     ) -> tuple[tuple[list[str], float] | None, _Records | None]:
         """Query A and AAAA together; return ((addresses v4 first, ttl) | None, a negative answer).
 
         Raises DnsError (transient) only when neither family produced addresses and at least
         one query failed transiently.
         """
-        results = await asyncio.gather(
-            self._query(name, dns.rdatatype.A),
-            self._query(name, dns.rdatatype.AAAA),
-            return_exceptions=True,
-        )
+        queries = [self._query(name, dns.rdatatype.A)]
+        if ipv6:
+            queries.append(self._query(name, dns.rdatatype.AAAA))
+        results = await asyncio.gather(*queries, return_exceptions=True)
         found: list[str] = []
         ttls: list[float] = []
         negative: _Records | None = None
@@ -370,3 +372,17 @@ def _ip_literal(host: str) -> str | None:
         return str(ipaddress.ip_address(text))
     except ValueError:
         return None
+
+
+def has_ipv6_route() -> bool:
+    """True if this host can reach the IPv6 internet: a route exists and the source address it
+    would use is global (not ULA, link-local or loopback, RFC 6724). No packet is sent."""
+    import ipaddress
+    import socket
+
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as s:
+            s.connect(("2001:4860::1", 53))  # a global address: only the routing table is asked
+            return ipaddress.ip_address(s.getsockname()[0].split("%")[0]).is_global
+    except (OSError, ValueError):
+        return False

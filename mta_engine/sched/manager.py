@@ -102,6 +102,11 @@ class Manager:
         self.ready = ReadyQueues(flow_max=sc.flow_stage_max, total_max=sc.staged_max)
         self.suspensions: dict[str, set[str]] = {"site": set(), "domain": set(), "campaign": set(), "tenant": set()}
         self._cursor: bytes | None = None
+        self._job_meta: dict[int, tuple[int, dict[int, int], dict[int, str]]] = {}
+        """job id -> (lease expiry ms, attempts and address per recipient index), for fast apply."""
+        self._dns_wait: dict[str, list[Due]] = {}
+        """Due recipients whose destination's MX lookup is still running."""
+        self._waiting: set[bytes] = set()
         self._rescan_from: bytes | None = None
         """The earliest due entry a scan passed without staging (lookup pending, flow full)."""
         self._rescan_dns = False
@@ -188,6 +193,8 @@ class Manager:
     def _worker_gone(self, link: WorkerLink) -> None:
         n = 0
         now = self.clock()
+        for job_id in link.jobs:
+            self._job_meta.pop(job_id, None)
         for msg_id, idxs, site in link.jobs.values():
             st = self.sites.get(site)
             if st is not None:
@@ -204,6 +211,7 @@ class Manager:
         if job is None:
             return
         msg_id, idxs, site = job
+        lease_ms, attempts, addresses = self._job_meta.pop(item["id"], (None, {}, {}))
         link.inflight -= len(idxs)  # type: ignore[union-attr]
         self._site_feedback(site, item, self.clock())
         seen = set()
@@ -211,7 +219,8 @@ class Manager:
         for idx, code, enhanced, text, phase, unknown in item["results"]:
             seen.add(idx)
             self._results.append(Result(msg_id, idx, code, enhanced, text, phase, site, item.get("mx"),
-                                        item.get("ip"), bool(unknown), tls=tls))
+                                        item.get("ip"), bool(unknown), tls=tls, address=addresses.get(idx),
+                                        attempts=attempts.get(idx, 0), lease_ms=lease_ms))
         for idx in idxs:  # a worker must answer for every recipient; if not, count nothing and retry
             if idx not in seen:
                 self._results.append(Result(msg_id, idx, 0, site=site))
@@ -259,7 +268,7 @@ class Manager:
         now = self.clock()
         now_ms = int(now * 1000)
         t0 = time.perf_counter()
-        if free and not self.ready.full:
+        if free and not self.ready.full and len(self._waiting) < self.ready.total_max:
             limit = min(self.cfg.queue.scan_batch, self.ready.total_max - len(self.ready))
             due = await loop.run_in_executor(self._executor, self._scan_due, now_ms, limit, now)
         fails: list[Any] = []
@@ -267,7 +276,11 @@ class Manager:
             self._sweep_at = now + SWEEP_S
             fails.extend(self._sweep_expired(now))
         t1 = time.perf_counter()
-        plans = await self._resolve({d.rec.domain for d in due})
+        plans = await self._resolve({d.rec.domain for d in due} | set(self._dns_wait))
+        for domain in [d for d in self._dns_wait if d in plans]:
+            held = self._dns_wait.pop(domain)
+            self._waiting.difference_update(d.dkey[8:] for d in held)
+            due.extend(held)
         t2 = time.perf_counter()
         fails.extend(self._stage(due, plans, now))
         jobs_by_shard, leases, sent = self._dispatch(free, now) if free else ({}, [], [])
@@ -288,6 +301,7 @@ class Manager:
         self.commits += 1
         self.ticks += 1
         for shard, jobs in jobs_by_shard.items():
+            attempts = [job.pop("_attempts") for job in jobs]
             link = self.workers.get(shard)
             if link is None or not link.proto.send({"t": "jobs", "items": jobs}):
                 # the worker went away between scan and send: its leases come back now
@@ -295,8 +309,9 @@ class Manager:
                     for r in job["rcpts"]:
                         self._returns.append(Result(job["msg"], r[0], 0, site=job["site"]))
                 continue
-            for job in jobs:
+            for job, att in zip(jobs, attempts):
                 link.jobs[job["id"]] = (job["msg"], [r[0] for r in job["rcpts"]], job["site"])
+                self._job_meta[job["id"]] = (now_ms + self.writer.lease_ms, att, {r[0]: r[1] for r in job["rcpts"]})
                 link.inflight += len(job["rcpts"])
         if events:
             self.acct.write(events)
@@ -329,7 +344,11 @@ class Manager:
         out: list[Due] = []
         bad: list[bytes] = []
         dbs = self.spool.dbs
-        staged = self.ready.is_staged
+        waiting = self._waiting
+
+        def staged(rkey: bytes) -> bool:
+            return rkey in waiting or self.ready.is_staged(rkey)
+
         with self.spool.read() as txn, txn.cursor(db=dbs["due"]) as cur:
             start = self._cursor
             if self._rescan_from is not None and (self._rescan_dns or any(
@@ -388,8 +407,13 @@ class Manager:
             if leases:
                 self.writer.lease(txn, leases, now_ms)
             self.spool.events_append(txn, events)
-            # every event not yet in the accounting log: ours and ingest's (Reception), in order
-            return self.spool.events_after(txn, self._outbox_written)
+            # every event not yet in the accounting log: ours and ingest's (Reception), in order;
+            # our own batch is in hand, only the others are read back
+            own = events[-1]["event_seq"] if events else None
+            others = self.spool.events_after(txn, self._outbox_written, skip_key=own)
+            if not others:
+                return events
+            return sorted(others + events, key=lambda e: e["event_seq"])
 
     # -- routing ------------------------------------------------------------------------------
     async def _resolve(self, domains: set[str]) -> dict[str, MxPlan | DnsError]:
@@ -445,8 +469,11 @@ class Manager:
         for (msg_id, domain), ds in groups.items():
             plan = plans.get(domain)
             msg = self.writer.cached(msg_id)
-            if plan is None or msg is None:
-                self._note_rescan(ds[0].dkey, dns=True)  # lookup still running: scan again from here
+            if msg is None:
+                continue
+            if plan is None:  # lookup still running: hold them here (not re-read from the spool)
+                self._dns_wait.setdefault(domain, []).extend(ds)
+                self._waiting.update(d.dkey[8:] for d in ds)
                 continue
             if isinstance(plan, DnsError):
                 code = 550 if plan.permanent else 451
@@ -523,6 +550,7 @@ class Manager:
                     "site": site, "mx": self.mx_of[site], "per_rcpt": job.per_recipient,
                     "conns": lim.max_connections, "msgs_per_conn": lim.max_messages_per_connection,
                     "rcpts": [[idx, rec.address, rec.name, rec.variables] for _, idx, rec in job.items],
+                    "_attempts": {idx: rec.attempts for _, idx, rec in job.items},
                 })
                 leases.extend((dkey, job.msg_id, idx) for dkey, idx, _ in job.items)
                 sent.append(job)

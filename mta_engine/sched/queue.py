@@ -56,6 +56,10 @@ class Result:
     """The destination's max age when it differs from the default."""
     tls: dict[str, Any] | None = None
     """TLS of the session: version, cipher, verified, peer_cn (None = plaintext)."""
+    address: str | None = None
+    attempts: int = 0
+    lease_ms: int | None = None
+    """From the manager's lease bookkeeping: lets a delivery be applied without reading the record."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,8 +169,22 @@ class QueueWriter:
         """Apply worker results: delivered, bounced, deferred/expired, or returned unattempted."""
         rcpt_db, due_db = self._db["rcpt"], self._db["due"]
         touched: dict[int, int] = {}
+        infl_db = self._db["inflight"]
         for r in results:
             rkey = records.rcpt_key(r.msg_id, r.index)
+            if r.lease_ms is not None and r.address is not None and 200 <= r.code < 300:
+                # Fast path (most outcomes): a delivery of a leased recipient needs no record read.
+                gone = not txn.delete(rkey, db=rcpt_db)
+                txn.delete(rkey, db=infl_db)
+                txn.delete(records.due_key(r.lease_ms, r.msg_id, r.index), db=due_db)
+                msg = self.message(txn, r.msg_id)
+                if gone or msg is None:
+                    continue  # already final (duplicate report) or its message is gone
+                stats.delivered += 1
+                stats.sites.setdefault(r.site or "-", [0, 0, 0])[0] += 1
+                events.append(self._event("Delivery", msg, r.address, r.attempts + 1, r, now_ms))
+                touched[r.msg_id] = touched.get(r.msg_id, 0) + 1
+                continue
             raw = txn.get(rkey, db=rcpt_db)
             if raw is None:  # already final (duplicate report) or cancelled meanwhile
                 self._unlease(txn, r.msg_id, r.index)
@@ -180,7 +198,6 @@ class QueueWriter:
                 continue
             msg = self.message(txn, r.msg_id)
             self._unlease(txn, r.msg_id, r.index)
-            txn.delete(records.due_key(rec.due_ms, r.msg_id, r.index), db=due_db)  # if it was never leased
             if msg is None:  # its message record is corrupt: keep the recipient aside, not lost
                 self.spool.move_aside(txn, "rcpt", rkey)
                 stats.corrupt += 1
@@ -210,7 +227,7 @@ class QueueWriter:
                 stats.deferred += 1
                 stats.unknown += r.unknown
                 site_counts[1] += 1
-            event = self._event(FINAL_TYPES.get(state, "TransientFailure"), msg, rec, r, now_ms)
+            event = self._event(FINAL_TYPES.get(state, "TransientFailure"), msg, rec.address, rec.attempts, r, now_ms)
             if verdict is not None:
                 event["category"], event["rule"] = str(verdict.category), verdict.rule
                 event["permanence"] = "permanent" if state is not State.QUEUED else str(verdict.permanence)
@@ -302,7 +319,7 @@ class QueueWriter:
         """Fail due recipients without a connection (DNS failure, max age): bounce or defer."""
         results = [Result(m, i, code if permanent else 451, enhanced, text, phase, site, max_age_s=max_age_s)
                    for _, m, i in items]
-        for dkey, m, i in items:
+        for dkey, m, i in items:  # not leased: their due entries go here
             txn.delete(dkey, db=self._db["due"])
         self.apply(txn, results, now_ms, stats, events)
 
@@ -336,12 +353,15 @@ class QueueWriter:
             return self.classifier.classify(None, None, r.text, None, local)
         return self.classifier.classify(r.code, r.enhanced, r.text, phase)
 
-    def _event(self, type_: str, msg: Message, rec: Recipient, r: Result, now_ms: int) -> dict[str, Any]:
-        return {"type": type_, "timestamp": now_ms / 1000.0, "queue_id": records.rcpt_id(r.msg_id, r.index),
-                "recipient": rec.address, "sender": msg.sender, "campaign": msg.campaign, "tenant": msg.tenant,
-                "site": r.site, "mx": r.mx, "ip": r.ip, "code": r.code, "enhanced": r.enhanced,
-                "response": r.text, "phase": r.phase, "attempt": rec.attempts,
-                "latency_s": round((now_ms - msg.created_ms) / 1000.0, 3), "unknown": r.unknown or None,
-                "tls_version": r.tls.get("version") if r.tls else None,
-                "tls_cipher": r.tls.get("cipher") if r.tls else None,
-                "tls_verified": r.tls.get("verified") if r.tls else None}
+    def _event(self, type_: str, msg: Message, address: str, attempt: int, r: Result, now_ms: int) -> dict[str, Any]:
+        ev = {"type": type_, "timestamp": now_ms / 1000.0, "queue_id": records.rcpt_id(r.msg_id, r.index),
+              "recipient": address, "sender": msg.sender, "campaign": msg.campaign, "tenant": msg.tenant,
+              "site": r.site, "mx": r.mx, "ip": r.ip, "code": r.code, "enhanced": r.enhanced,
+              "response": r.text, "phase": r.phase, "attempt": attempt,
+              "latency_s": round((now_ms - msg.created_ms) / 1000.0, 3)}
+        if r.unknown:
+            ev["unknown"] = True
+        if r.tls:
+            ev["tls_version"], ev["tls_cipher"] = r.tls.get("version"), r.tls.get("cipher")
+            ev["tls_verified"] = r.tls.get("verified")
+        return ev

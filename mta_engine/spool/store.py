@@ -92,13 +92,17 @@ class Spool:
             ev["event_seq"] = first + i
         txn.put(records.u64(first + len(events) - 1), records.encode_events(events), db=self.dbs["outbox"])
 
-    def events_after(self, txn: lmdb.Transaction, seq: int) -> list[dict[str, Any]]:
-        """Outbox events with ``event_seq`` > seq, in order (undecodable batches are skipped)."""
+    def events_after(self, txn: lmdb.Transaction, seq: int, *, skip_key: int | None = None) -> list[dict[str, Any]]:
+        """Outbox events with ``event_seq`` > seq, in order (undecodable batches are skipped);
+        ``skip_key`` names a batch (by its last sequence number) the caller already has."""
         out: list[dict[str, Any]] = []
+        skip = records.u64(skip_key) if skip_key is not None else None
         with txn.cursor(db=self.dbs["outbox"]) as cur:
             if not cur.set_range(records.u64(seq + 1)):
                 return out
-            for _, raw in cur:
+            for key, raw in cur:
+                if key == skip:
+                    continue
                 try:
                     out.extend(ev for ev in records.decode_events(raw) if ev.get("event_seq", 0) > seq)
                 except SpoolCorrupt:

@@ -61,6 +61,8 @@ def test_outcomes_move_recipients_to_their_states(spool: Spool) -> None:
     assert spool.stat()["inflight"] == 0 and spool.stat()["rcpt"] == 1
     ((_, m, i),) = due_items(spool)
     assert records.split_due_key(due_items(spool)[0][0])[0] == T0 + 1000 + 60_000 and i == 2
+    with spool.write() as txn:  # due again: leased again
+        w.lease(txn, due_items(spool), T0 + 70_000)
     stats, events = step(spool, w, [Result(msg, 2, 250, None, "ok", "data", "site")], T0 + 70_000)
     assert [e["type"] for e in events] == ["Delivery"] and events[0]["attempt"] == 2
     st = spool.stat()
@@ -123,3 +125,21 @@ def test_accounting_log_skips_events_already_written(tmp_path: Path) -> None:
     with open(path, "rb") as f:
         lines = [json.loads(x) for x in f.read().split(b"\n") if x.startswith(b"{") and x.endswith(b"}")]
     assert [e["event_seq"] for e in lines] == [1, 2, 3]
+
+
+def test_fast_path_delivery_matches_the_full_path(spool: Spool) -> None:
+    """A delivery applied from lease bookkeeping (no record read) leaves the spool as the full path does."""
+    msg = inject(spool, 2)
+    w = QueueWriter(spool, retry=RetryPolicy(intervals_s=(60.0,), jitter=0.0), max_age_s=3600.0, lease_s=600.0)
+    with spool.write() as txn:
+        w.message(txn, msg)
+        w.lease(txn, due_items(spool), T0)
+    lease_ms = T0 + 600_000
+    _, events = step(spool, w, [Result(msg, 0, 250, "2.0.0", "ok", "data", "s", address="r0@y.test", attempts=0,
+                                       lease_ms=lease_ms),
+                                Result(msg, 1, 250, "2.0.0", "ok", "data", "s")], T0 + 5)
+    assert [(e["recipient"], e["attempt"]) for e in events] == [("r0@y.test", 1), ("r1@y.test", 1)]
+    st = spool.stat()
+    assert st["rcpt"] == st["due"] == st["inflight"] == st["msg"] == 0
+    _, again = step(spool, w, [Result(msg, 0, 250, address="r0@y.test", lease_ms=lease_ms)], T0 + 6)
+    assert again == []  # a duplicate report logs nothing
