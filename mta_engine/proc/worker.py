@@ -217,9 +217,11 @@ class Worker:
                 last = local_failure(idx, 451, "4.4.4", f"MX {host.name}: {exc}", "dns")
                 continue
             for ip in ips:
-                ep = Endpoint(None, ip, port, tls.mode)
+                # a verified session is only reused for the name it was verified against
+                ep = Endpoint(None, ip, port, f"verify:{host.name}" if tls.verifies else tls.mode)
                 cached = self.pool.take(ep, time.monotonic())
                 if cached is not None:
+                    cached.mx_name = host.name  # the same endpoint may serve several MX names
                     return cached, ep, []
                 tried += 1
                 try:
