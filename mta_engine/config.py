@@ -101,7 +101,7 @@ class QueueConfig:
     lease_s: float = 3600.0
     """A dispatched recipient whose outcome never comes back is retried after this long; it must
     exceed the longest possible session (the sum of the [delivery] timeouts, ~36 min by default)."""
-    tick_s: float = 0.02
+    tick_s: float = 0.005
     scan_batch: int = 5000
     """Due recipients taken per scheduling round: smaller rounds start the first deliveries sooner."""
     max_inflight_per_worker: int = 20000
