@@ -106,6 +106,7 @@ class Manager:
         """job id -> (lease expiry ms, attempts and address per recipient index), for fast apply."""
         self._dns_wait: dict[str, list[Due]] = {}
         """Due recipients whose destination's MX lookup is still running."""
+        self._mx_tasks: dict[str, asyncio.Future[Any]] = {}
         self._waiting: set[bytes] = set()
         self._rescan_from: bytes | None = None
         """The earliest due entry a scan passed without staging (lookup pending, flow full)."""
@@ -429,13 +430,18 @@ class Manager:
             # Do not hold the whole round for the slowest lookup: what resolves within a short wait
             # is dispatched now; the rest stays due and goes out in a later round (a finished lookup
             # wakes the loop).
-            tasks = {asyncio.ensure_future(self.resolver.resolve_mx(d)): d for d in missing}
-            for t in tasks:
-                t.add_done_callback(lambda _t: self._wake.set())
+            tasks: dict[asyncio.Future[Any], str] = {}
+            for d in missing:
+                t = self._mx_tasks.get(d)
+                if t is None:  # one lookup task per domain, however many rounds it takes
+                    t = self._mx_tasks[d] = asyncio.ensure_future(self.resolver.resolve_mx(d))
+                    t.add_done_callback(lambda _t: self._wake.set())
+                tasks[t] = d
             await asyncio.wait(tasks, timeout=RESOLVE_WAIT_S)
             for t, d in tasks.items():
                 if not t.done():
                     continue
+                del self._mx_tasks[d]
                 exc = t.exception()
                 if isinstance(exc, DnsError):
                     out[d] = exc
