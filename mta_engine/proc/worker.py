@@ -256,15 +256,27 @@ class Worker:
         except (SpoolCorrupt, MtaError) as exc:
             self.report(job, local_failure([r[0] for r in job["rcpts"]], 451, "4.3.0", str(exc), "queue"))
             return session, endpoint
+        held: list[SmtpSession | None] = [session]
+        try:
+            return await self._deliver(job, body, held, endpoint)
+        except BaseException:
+            if held[0] is not None:  # never leak a connection on an unexpected error
+                held[0].abort()
+            raise
+
+    async def _deliver(self, job: dict[str, Any], body: Body, held: list[SmtpSession | None],
+                       endpoint: Endpoint | None) -> tuple[SmtpSession | None, Endpoint | None]:
+        session = held[0]
         rcpts = {r[0]: r for r in job["rcpts"]}
         batches = [[i] for i in rcpts] if job["per_rcpt"] else [list(rcpts)]
         results: list[Outcome] = []
         kind = "delivered"
         mx = ip = tls_info = None
         for n, batch in enumerate(batches):
-            session = self._fresh(session, job)
+            session = held[0] = self._fresh(session, job)
             if session is None:
                 session, endpoint, failed = await self.connect(job, [i for b in batches[n:] for i in b])
+                held[0] = session
                 if session is None:
                     results.extend(failed)
                     kind = "connect_failed" if failed and failed[0][4] in ("connect", "dns") else "closing_421"
@@ -276,7 +288,7 @@ class Worker:
                 kind = batch_kind
             if not session.usable:
                 session.abort()
-                session = endpoint = None
+                session = endpoint = held[0] = None
                 if batch_kind in ("closing_421", "timeout"):
                     # the site is pushing back: give the rest back to the manager's pacing
                     rest = [i for b in batches[n + 1:] for i in b]

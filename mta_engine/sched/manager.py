@@ -276,6 +276,7 @@ class Manager:
         if now >= self._sweep_at:
             self._sweep_at = now + SWEEP_S
             fails.extend(self._sweep_expired(now))
+            self._reconcile_in_flight()
         t1 = time.perf_counter()
         plans = await self._resolve({d.rec.domain for d in due} | set(self._dns_wait))
         for domain in [d for d in self._dns_wait if d in plans]:
@@ -305,8 +306,12 @@ class Manager:
             attempts = [job.pop("_attempts") for job in jobs]
             link = self.workers.get(shard)
             if link is None or not link.proto.send({"t": "jobs", "items": jobs}):
-                # the worker went away between scan and send: its leases come back now
+                # the worker went away between scan and send: its leases come back now, and the
+                # site slots they took are given back
                 for job in jobs:
+                    st = self.sites.get(job["site"])
+                    if st is not None:
+                        st.on_result(self.clock(), "returned")
                     for r in job["rcpts"]:
                         self._returns.append(Result(job["msg"], r[0], 0, site=job["site"]))
                 continue
@@ -570,6 +575,19 @@ class Manager:
             if not bucket.unlimited:
                 room = min(room, max(1, int(bucket.available(now))))
         return room
+
+    def _reconcile_in_flight(self) -> None:
+        """Each site's in-flight job count is what the workers really hold (a safety net: a count
+        that drifted, e.g. through a lost worker, would otherwise block the site for good)."""
+        held: dict[str, int] = {}
+        for link in self.workers.values():
+            for _, _, site in link.jobs.values():
+                held[site] = held.get(site, 0) + 1
+        for site, st in self.sites.items():
+            real = held.get(site, 0)
+            if st.in_flight != real:
+                log.warning("site_in_flight_corrected", site=site, counted=st.in_flight, real=real)
+                st.in_flight = real
 
     def _sweep_expired(self, now: float) -> list[Any]:
         """Ready or held recipients past max age (a suspended queue keeps aging) fail as expired."""

@@ -16,6 +16,7 @@ Named databases:
     outbox   last event sequence of a batch -> the batch of accounting events (one record per
              transaction), written in the same transaction as the change it reports
     corrupt  undecodable records moved aside, keyed by "<db>:<hex key>"
+    suppress "<tenant>\0<address>" -> suppression entry (spool/suppress.py)
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import lmdb
 from ..errors import SpoolCorrupt, SpoolError, SpoolFull
 from . import records
 
-DB_NAMES = ("meta", "msg", "body", "rcpt", "due", "inflight", "outbox", "corrupt")
+DB_NAMES = ("meta", "msg", "body", "rcpt", "due", "inflight", "outbox", "corrupt", "suppress")
 
 
 class Spool:
