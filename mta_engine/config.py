@@ -8,6 +8,7 @@ opens sockets. Every key is documented in docs/configuration.md (kept in sync by
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import socket
 import tomllib
@@ -74,6 +75,9 @@ class DeliveryConfig:
     tls_timeout_s: float = 60.0
     chunking: bool = True
     """Send bodies with BDAT (RFC 3030) when the server advertises CHUNKING."""
+    sources: list[dict[str, Any]] = field(default_factory=list)
+    """Egress pool: [{ip = "192.0.2.10", ehlo_name = "mta1.example.com"}, ...]; new connections take
+    the sources in turn. Empty = the system's default source address and [delivery] ehlo_name."""
 
 
 @dataclass(frozen=True)
@@ -268,6 +272,14 @@ def _validate(cfg: Config) -> None:
         raise bad("sched", "dead_after_failures, messages_per_job and flow_stage_max must be >= 1")
     if cfg.queue.max_age_s <= 0:
         raise bad("queue.max_age_s", "must be positive")
+    for i, src in enumerate(cfg.delivery.sources):
+        unknown = set(src) - {"ip", "ehlo_name"}
+        if unknown or "ip" not in src:
+            raise bad(f"delivery.sources[{i}]", 'must be {ip = "...", ehlo_name = "..."} (ehlo_name optional)')
+        try:
+            ipaddress.ip_address(src["ip"])
+        except ValueError:
+            raise bad(f"delivery.sources[{i}].ip", f"expected an IP address, got {src['ip']!r}") from None
     if cfg.dns.ipv6 not in ("auto", "yes", "no"):
         raise bad("dns.ipv6", f'must be "auto", "yes" or "no", got {cfg.dns.ipv6!r}')
     modes = ("none", "opportunistic", "required", "verify")
@@ -280,8 +292,6 @@ def _validate(cfg: Config) -> None:
         raise bad("log.level", "must be one of debug, info, warning, error")
     if cfg.log.format not in ("json", "console"):
         raise bad("log.format", "must be json or console")
-    import ipaddress
-
     for i, ns in enumerate(cfg.dns.nameservers):
         try:
             ipaddress.ip_address(ns)

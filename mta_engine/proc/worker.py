@@ -78,6 +78,9 @@ class Worker:
                                      data_s=d.data_timeout_s, block_s=d.block_timeout_s, final_s=d.final_timeout_s,
                                      quit_s=d.quit_timeout_s, tls_s=d.tls_timeout_s)
         self._tls: dict[str, TlsPolicy] = {}
+        self.sources: list[tuple[str | None, str]] = [
+            (src["ip"], src.get("ehlo_name") or cfg.ehlo_name) for src in d.sources] or [(None, cfg.ehlo_name)]
+        self._next_source = 0
         self.pool = ConnectionPool(idle_timeout_s=d.idle_timeout_s,
                                    max_messages_per_connection=d.max_messages_per_connection)
         self.ehlo_name = cfg.ehlo_name
@@ -218,14 +221,19 @@ class Worker:
                 continue
             for ip in ips:
                 # a verified session is only reused for the name it was verified against
-                ep = Endpoint(None, ip, port, f"verify:{host.name}" if tls.verifies else tls.mode)
-                cached = self.pool.take(ep, time.monotonic())
-                if cached is not None:
-                    cached.mx_name = host.name  # the same endpoint may serve several MX names
-                    return cached, ep, []
+                mode = f"verify:{host.name}" if tls.verifies else tls.mode
+                for src, _ in self.sources:
+                    ep = Endpoint(src, ip, port, mode)
+                    cached = self.pool.take(ep, time.monotonic())
+                    if cached is not None:
+                        cached.mx_name = host.name  # the same endpoint may serve several MX names
+                        return cached, ep, []
+                src, ehlo = self.sources[self._next_source % len(self.sources)]  # egress pool, in turn
+                self._next_source += 1
+                ep = Endpoint(src, ip, port, mode)
                 tried += 1
                 try:
-                    s = await SmtpSession.open(ip, port, ehlo_name=self.ehlo_name, timeouts=self.timeouts,
+                    s = await SmtpSession.open(ip, port, ehlo_name=ehlo, timeouts=self.timeouts, source_ip=src,
                                                mx_name=host.name, tls=tls, chunking=self.cfg.delivery.chunking)
                     return s, ep, []
                 except SessionRefused as exc:
