@@ -75,6 +75,9 @@ class DeliveryConfig:
     tls_timeout_s: float = 60.0
     chunking: bool = True
     """Send bodies with BDAT (RFC 3030) when the server advertises CHUNKING."""
+    unknown_outcome: str = "retry"
+    """The connection died after the final dot, before the reply (RFC 5321 §4.5.3.2.6): "retry"
+    (the message may arrive twice) or "delivered" (it may be lost)."""
     sources: list[dict[str, Any]] = field(default_factory=list)
     """Egress pool: [{ip = "192.0.2.10", ehlo_name = "mta1.example.com"}, ...]; new connections take
     the sources in turn. Empty = the system's default source address and [delivery] ehlo_name."""
@@ -272,6 +275,8 @@ def _validate(cfg: Config) -> None:
         raise bad("sched", "dead_after_failures, messages_per_job and flow_stage_max must be >= 1")
     if cfg.queue.max_age_s <= 0:
         raise bad("queue.max_age_s", "must be positive")
+    if cfg.delivery.unknown_outcome not in ("retry", "delivered"):
+        raise bad("delivery.unknown_outcome", 'must be "retry" or "delivered"')
     for i, src in enumerate(cfg.delivery.sources):
         unknown = set(src) - {"ip", "ehlo_name"}
         if unknown or "ip" not in src:

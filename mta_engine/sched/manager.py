@@ -92,7 +92,8 @@ class Manager:
         dsn = DsnPolicy(cfg.dsn.reporting_mta or cfg.ehlo_name, cfg.dsn.delay_after_s,
                         cfg.dsn.delay_when_notify_absent) if cfg.dsn.enabled else None
         self.writer = QueueWriter(spool, retry=RetryPolicy.from_config(q), max_age_s=q.max_age_s, lease_s=q.lease_s,
-                                  classifier=self.classifier, dsn=dsn)
+                                  classifier=self.classifier, dsn=dsn,
+                                  unknown_policy=cfg.delivery.unknown_outcome)
         self.limit_table = LimitTable.from_config({"defaults": sc.defaults, "site": sc.site},
                                                   SiteLimits.from_config(cfg.delivery, q))
         self.rules = ThrottleRules.from_files(*sc.throttle_rules, include_default=sc.default_throttle_rules)

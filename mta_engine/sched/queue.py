@@ -96,8 +96,10 @@ class QueueWriter:
 
     def __init__(self, spool: Spool, *, retry: RetryPolicy, max_age_s: float, lease_s: float,
                  rng: random.Random | None = None, classifier: Classifier | None = None,
-                 dsn: DsnPolicy | None = None) -> None:
+                 dsn: DsnPolicy | None = None, unknown_policy: str = "retry") -> None:
         self.spool = spool
+        self.unknown_policy = unknown_policy
+        """After the final dot with no reply: "retry" (a possible duplicate) or "delivered" (a possible loss)."""
         self.dsn = dsn
         self._dsn_pending: dict[int, list[tuple[str, Recipient, Result, dict[str, Any]]]] = {}
         self.classifier = classifier or Classifier.default()
@@ -209,10 +211,12 @@ class QueueWriter:
             rec.attempts += 1
             rec.last_code, rec.last_enhanced, rec.last_text = r.code, r.enhanced, r.text
             site_counts = stats.sites.setdefault(r.site or "-", [0, 0, 0])
-            verdict = None if 200 <= r.code < 300 else self.classify(r)
+            verdict = None if 200 <= r.code < 300 or (r.unknown and self.unknown_policy == "delivered") \
+                else self.classify(r)
             if verdict is None:
                 state = State.DELIVERED
                 stats.delivered += 1
+                stats.unknown += r.unknown
                 site_counts[0] += 1
             elif verdict.permanence == "permanent":
                 state = State.BOUNCED

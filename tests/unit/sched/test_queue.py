@@ -143,3 +143,16 @@ def test_fast_path_delivery_matches_the_full_path(spool: Spool) -> None:
     assert st["rcpt"] == st["due"] == st["inflight"] == st["msg"] == 0
     _, again = step(spool, w, [Result(msg, 0, 250, address="r0@y.test", lease_ms=lease_ms)], T0 + 6)
     assert again == []  # a duplicate report logs nothing
+
+
+@pytest.mark.parametrize("policy, expected", [("retry", "TransientFailure"), ("delivered", "Delivery")])
+def test_unknown_outcome_policy(spool: Spool, policy: str, expected: str) -> None:
+    """No reply after the final dot: retried (possible duplicate) or counted delivered, as configured."""
+    msg = inject(spool, 1)
+    w = QueueWriter(spool, retry=RetryPolicy(intervals_s=(60.0,), jitter=0.0), max_age_s=3600.0, lease_s=600.0,
+                    unknown_policy=policy)
+    with spool.write() as txn:
+        w.message(txn, msg)
+        w.lease(txn, due_items(spool), T0)
+    _, events = step(spool, w, [Result(msg, 0, 451, "4.4.2", "lost after the dot", "data", unknown=True)], T0 + 5)
+    assert [e["type"] for e in events] == [expected] and events[0]["unknown"] is True
