@@ -209,15 +209,27 @@ class Manager:
         log.warning("worker_lost", shard=link.shard, pid=link.pid, returned=n)
 
     def _on_outcome(self, link: WorkerLink | None, item: dict[str, Any]) -> None:
-        job = link.jobs.pop(item["id"], None) if link is not None else None
-        if job is None:
+        if link is None or item["id"] not in link.jobs:
             return
-        msg_id, idxs, site = job
-        lease_ms, attempts, addresses = self._job_meta.pop(item["id"], (None, {}, {}))
-        link.inflight -= len(idxs)  # type: ignore[union-attr]
+        msg_id, idxs, site = link.jobs[item["id"]]
+        lease_ms, attempts, addresses = self._job_meta.get(item["id"], (None, {}, {}))
+        tls = item.get("tls")
+        if item.get("partial"):
+            # outcomes of the transactions finished so far in a longer job: applied at once, so a
+            # crash later in the job cannot make these recipients go out twice
+            done = {r[0] for r in item["results"]}
+            idxs[:] = [i for i in idxs if i not in done]
+            link.inflight -= len(done)
+            for idx, code, enhanced, text, phase, unknown in item["results"]:
+                self._results.append(Result(msg_id, idx, code, enhanced, text, phase, site, item.get("mx"),
+                                            item.get("ip"), bool(unknown), tls=tls, address=addresses.get(idx),
+                                            attempts=attempts.get(idx, 0), lease_ms=lease_ms))
+            return
+        del link.jobs[item["id"]]
+        self._job_meta.pop(item["id"], None)
+        link.inflight -= len(idxs)
         self._site_feedback(site, item, self.clock())
         seen = set()
-        tls = item.get("tls")
         for idx, code, enhanced, text, phase, unknown in item["results"]:
             seen.add(idx)
             self._results.append(Result(msg_id, idx, code, enhanced, text, phase, site, item.get("mx"),
