@@ -33,6 +33,10 @@ def cmd_child(args: argparse.Namespace) -> int:
         from .proc.manager import main as manager_main
 
         return manager_main(cfg)
+    if args.role == "webhooks":
+        from .proc.webhooks import main as webhooks_main
+
+        return webhooks_main(cfg)
     if args.role == "ingest":
         from .proc.ingest import main as ingest_main
 
@@ -140,7 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = with_config(sub.add_parser("serve", help="run the engine in the foreground"))
     s.set_defaults(func=cmd_serve)
     c = with_config(sub.add_parser("_child", help=argparse.SUPPRESS))
-    c.add_argument("role", choices=["manager", "ingest", "worker"])
+    c.add_argument("role", choices=["manager", "ingest", "worker", "webhooks"])
     c.add_argument("--shard", type=int, default=0)
     c.set_defaults(func=cmd_child)
     i = with_config(sub.add_parser("inject", help="submit a JSON inject request (KumoMTA shape)"))
@@ -158,6 +162,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .dsn.classify_cli import register as register_classify
 
     register_classify(sub)
+    from .obs.csv_export import register as register_csv
+
+    register_csv(sub)
     g = with_config(sub.add_parser("config", help="print the effective configuration"))
     g.set_defaults(func=cmd_config)
     return p

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints
 
 from .errors import ConfigError
+from .obs.webhooks import WebhookConfig
 
 
 @dataclass(frozen=True)
@@ -156,6 +157,12 @@ class BounceConfig:
 class LogConfig:
     accounting: str = "var/accounting.jsonl"
     """File path, or "-" for stderr."""
+    accounting_max_bytes: int = 0
+    """Rotate the accounting log when it reaches this size (0 = never by size)."""
+    accounting_max_age_s: float = 0.0
+    """Rotate the accounting log after this long (0 = never by age)."""
+    accounting_keep: int = 10
+    """Rotated accounting files kept."""
     level: str = "info"
     format: str = "json"
 
@@ -172,6 +179,7 @@ class Config:
     sched: SchedConfig = field(default_factory=SchedConfig)
     bounce: BounceConfig = field(default_factory=BounceConfig)
     dsn: DsnConfig = field(default_factory=DsnConfig)
+    webhooks: WebhookConfig = field(default_factory=WebhookConfig)
     log: LogConfig = field(default_factory=LogConfig)
     source: str = "<defaults>"
 
@@ -192,6 +200,7 @@ class Config:
 _SECTION_TYPES = {
     "spool": SpoolConfig, "http": HttpConfig, "control": ControlConfig, "dns": DnsConfig,
     "delivery": DeliveryConfig, "tls": TlsConfig, "queue": QueueConfig, "sched": SchedConfig, "bounce": BounceConfig, "dsn": DsnConfig,
+    "webhooks": WebhookConfig,
     "log": LogConfig,
 }
 
@@ -275,6 +284,12 @@ def _validate(cfg: Config) -> None:
         raise bad("sched", "dead_after_failures, messages_per_job and flow_stage_max must be >= 1")
     if cfg.queue.max_age_s <= 0:
         raise bad("queue.max_age_s", "must be positive")
+    try:
+        cfg.webhooks.validate()
+    except ConfigError as exc:
+        raise ConfigError(f"{cfg.source}: {exc}") from None
+    if cfg.log.accounting_keep < 1 or cfg.log.accounting_max_bytes < 0 or cfg.log.accounting_max_age_s < 0:
+        raise bad("log.accounting_*", "max_bytes and max_age_s must be >= 0 and keep >= 1")
     if cfg.delivery.unknown_outcome not in ("retry", "delivered"):
         raise bad("delivery.unknown_outcome", 'must be "retry" or "delivered"')
     for i, src in enumerate(cfg.delivery.sources):

@@ -11,54 +11,42 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Any, BinaryIO, Iterable
+from typing import Any, Iterable
 
 import orjson
 
-_TAIL_BYTES = 1 << 16
+from .rotation import RotatingWriter, last_written_seq
 
-
-def last_written_seq(path: str) -> int:
-    """The highest ``event_seq`` among the complete lines at the end of ``path`` (0 if none)."""
-    try:
-        with open(path, "rb") as f:
-            f.seek(0, os.SEEK_END)
-            size = f.tell()
-            f.seek(max(0, size - _TAIL_BYTES))
-            tail = f.read()
-    except FileNotFoundError:
-        return 0
-    best = 0
-    for line in tail.split(b"\n")[-64:]:
-        try:
-            best = max(best, int(orjson.loads(line).get("event_seq", 0)))
-        except (orjson.JSONDecodeError, AttributeError, ValueError, TypeError):
-            continue
-    return best
 
 
 class AccountingLog:
     """Appends accounting events; ``write`` is called by the manager after each commit."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, *, max_bytes: int = 0, max_age_s: float = 0.0, keep: int = 10) -> None:
         self.path = path
+        self._file: Any
         if path == "-":
-            self._file: BinaryIO = sys.stderr.buffer
+            self._file = sys.stderr.buffer
             self.written_seq = 0
         else:
             os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-            self.written_seq = last_written_seq(path)
-            self._file = open(path, "ab")
+            self.written_seq = last_written_seq(path)  # also reads the newest rotated file
             self._truncate_partial_line()
+            self._file = RotatingWriter(path, max_bytes, max_age_s, keep) if (max_bytes or max_age_s) \
+                else open(path, "ab")
         self._dumps = orjson.dumps
 
     def _truncate_partial_line(self) -> None:
         """A line cut short by a crash would glue onto the next one: end it first."""
-        if self._file.tell() > 0:
-            with open(self.path, "rb") as f:
-                f.seek(-1, os.SEEK_END)
-                if f.read(1) != b"\n":
-                    self._file.write(b"\n")
+        try:
+            with open(self.path, "rb+") as f:
+                f.seek(0, os.SEEK_END)
+                if f.tell() > 0:
+                    f.seek(-1, os.SEEK_END)
+                    if f.read(1) != b"\n":
+                        f.write(b"\n")
+        except FileNotFoundError:
+            pass
 
     def write(self, events: Iterable[dict[str, Any]]) -> int:
         """Write events not yet in the file; returns the highest sequence now written."""

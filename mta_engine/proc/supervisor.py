@@ -57,6 +57,8 @@ class Supervisor:
                          Child("ingest", base + ["ingest"] + cfg_args)]
         for shard in range(cfg.worker_count):
             self.children.append(Child(f"worker-{shard}", base + ["worker", "--shard", str(shard)] + cfg_args))
+        if cfg.webhooks.endpoint:
+            self.children.append(Child("webhooks", base + ["webhooks"] + cfg_args))
 
     async def spawn(self, child: Child) -> None:
         env = dict(os.environ, MTA_SUPERVISOR_PID=str(os.getpid()))
@@ -117,6 +119,7 @@ class Supervisor:
         await self._stop([by_role["ingest"]], 60)
         await self._stop([by_role["manager"]], max(60.0, self.cfg.delivery.final_timeout_s + 30))
         await self._stop([c for c in self.children if c.role.startswith("worker")], 30)
+        await self._stop([c for c in self.children if c.role == "webhooks"], 30)  # last: sends the final events
         for w in watchers:
             w.cancel()
         log.info("engine_stopped")

@@ -29,6 +29,7 @@ import structlog
 from ..config import Config
 from ..dsn.classify import Classifier
 from ..errors import DnsError, SpoolCorrupt
+from ..obs import webhooks
 from ..obs.accounting import AccountingLog
 from ..proc.ipc import FrameProtocol
 from ..routing.mx import MxPlan
@@ -148,7 +149,7 @@ class Manager:
 
     def _flush_outbox(self) -> None:
         with self.spool.read() as txn:
-            events = self.spool.events_after(txn, 0)
+            events = self.spool.events_after(txn, self.acct.written_seq)
         if events:
             self.acct.write(events)
             self._outbox_written = max(self._outbox_written, events[-1].get("event_seq", 0))
@@ -417,8 +418,9 @@ class Manager:
                 stats: TickStats, site_events: list[dict[str, Any]]) -> list[dict[str, Any]]:
         events: list[dict[str, Any]] = list(site_events)
         with self.spool.write() as txn:
-            if self._outbox_written:
-                self.spool.events_trim(txn, self._outbox_written)
+            if self._outbox_written:  # webhook endpoints may still need older events (up to retention)
+                self.spool.events_trim(txn, min(self._outbox_written, webhooks.trim_floor(
+                    txn, self.spool, self.cfg.webhooks, now_ms / 1000)))
             if results:
                 self.writer.apply(txn, results, now_ms, stats, events)
             for items, why in fails:
