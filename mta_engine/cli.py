@@ -101,6 +101,13 @@ def cmd_ctl(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_ctl_suppress(args: argparse.Namespace) -> int:
+    from .control.suppress_cli import run
+
+    cfg = _load(args)
+    return run(args, lambda req: _control(cfg, req))
+
+
 def cmd_inject(args: argparse.Namespace) -> int:
     import urllib.error
     import urllib.request
@@ -153,12 +160,23 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--timeout", type=float, default=300.0)
     i.set_defaults(func=cmd_inject)
     k = with_config(sub.add_parser("ctl", help="operate a running engine over its control socket"))
-    k.add_argument("command", choices=["status", "shutdown", "suspend", "resume"],
-                   help="suspend/resume take one of --site, --domain, --campaign, --tenant")
-    for key in ("site", "domain", "campaign", "tenant"):
-        k.add_argument(f"--{key}", help=f"the {key} to suspend or resume")
     k.add_argument("--json", action="store_true", help="print the raw JSON answer")
-    k.set_defaults(func=cmd_ctl)
+    ctl = k.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, help_ in (("status", "queue, workers and sites at a glance"),
+                        ("shutdown", "drain in-flight deliveries and stop the engine"),
+                        ("suspend", "stop dispatching one --site, --domain, --campaign or --tenant"),
+                        ("resume", "undo suspend for one --site, --domain, --campaign or --tenant")):
+        c = ctl.add_parser(name, help=help_)
+        # SUPPRESS: an option given before the command (`ctl --config F status`) is not reset here
+        c.add_argument("--config", "-c", metavar="FILE", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+        c.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print the raw JSON answer")
+        if name in ("suspend", "resume"):
+            for key in ("site", "domain", "campaign", "tenant"):
+                c.add_argument(f"--{key}", help=f"the {key} to {name}")
+        c.set_defaults(func=cmd_ctl)
+    from .control.suppress_cli import register as register_suppress
+
+    register_suppress(ctl, func=cmd_ctl_suppress)
     from .dsn.classify_cli import register as register_classify
 
     register_classify(sub)

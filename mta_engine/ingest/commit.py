@@ -10,11 +10,12 @@ transactions are bound to their thread); the event loop never blocks on the disk
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable
 
-from ..spool import records
+from ..spool import records, suppress
 from ..spool.records import Message, Recipient, State
 from ..spool.store import Spool
 from .inject import Submission
@@ -56,23 +57,48 @@ def spool_message(spool: Spool, txn: Any, sub: Submission, now_ms: int) -> tuple
     return msg_id, _reception(msg_id, sub, now_ms)
 
 
-def write_submissions(spool: Spool, subs: list[Submission], now_ms: int) -> list[int]:
-    """Write submissions in one synced transaction; returns their message ids."""
+def _keep(sub: Submission, kept: list[int]) -> Submission:
+    """A copy of ``sub`` with only the recipients at ``kept`` (DSN parameters kept in step)."""
+    params = sub.dsn_params
+    return dataclasses.replace(sub, recipients=[sub.recipients[i] for i in kept],
+                               dsn_params=None if params is None else [params[i] for i in kept])
+
+
+def write_submissions(spool: Spool, subs: list[Submission], now_ms: int) -> list[int | None]:
+    """Write submissions in one synced transaction; returns their message ids (None: nothing written).
+
+    Recipients on their tenant's suppression list are refused inside the same transaction, so an
+    address the manager suppressed a moment ago is never queued. After the commit, each refused
+    recipient moves from ``sub.recipients`` to ``sub.failed``, with its reason in ``sub.errors``.
+    A submission whose recipients are all suppressed writes nothing and gets None.
+    """
     dbs = spool.dbs
-    ids: list[int] = []
+    ids: list[int | None] = []
+    refusals: list[tuple[Submission, Submission | None, list[tuple[int, suppress.Entry]]]] = []
     with spool.write() as txn:
-        first = spool.counter_take(txn, b"next_msg", len(subs))
+        plan: list[Submission | None] = []
+        for sub in subs:
+            kept, refused = suppress.filter_recipients(txn, spool, sub.tenant, [a for a, _, _ in sub.recipients])
+            todo = sub if not refused else (_keep(sub, kept) if kept else None)
+            if refused:
+                refusals.append((sub, todo, refused))
+            plan.append(todo)
+        n_write = sum(todo is not None for todo in plan)
+        msg_id = spool.counter_take(txn, b"next_msg", n_write) if n_write else 0
         events = []
         msg_items, body_items, rcpt_items, due_items = [], [], [], []
-        for n, sub in enumerate(subs):
-            msg_id = first + n
+        for todo in plan:
+            if todo is None:
+                ids.append(None)
+                continue
             ids.append(msg_id)
-            m, b, r, d = _message_items(msg_id, sub, now_ms)
+            m, b, r, d = _message_items(msg_id, todo, now_ms)
             msg_items.append(m)
             body_items.append(b)
             rcpt_items.extend(r)
             due_items.extend(d)
-            events.append(_reception(msg_id, sub, now_ms))
+            events.append(_reception(msg_id, todo, now_ms))
+            msg_id += 1
         # Message ids only grow, so msg/body/rcpt keys are appends (cheap B-tree inserts).
         with txn.cursor(db=dbs["msg"]) as cur:
             cur.putmulti(msg_items, append=True)
@@ -83,6 +109,11 @@ def write_submissions(spool: Spool, subs: list[Submission], now_ms: int) -> list
         with txn.cursor(db=dbs["due"]) as cur:
             cur.putmulti(due_items)
         spool.events_append(txn, events)
+    for sub, todo, refused in refusals:  # committed: now tell the submitter (HTTP answer)
+        sub.failed.extend(sub.recipients[i][0] for i, _ in refused)
+        sub.errors.extend(entry.refusal(sub.recipients[i][0]) for i, entry in refused)
+        sub.recipients = todo.recipients if todo is not None else []
+        sub.dsn_params = todo.dsn_params if todo is not None else None
     return ids
 
 
@@ -94,7 +125,7 @@ class GroupCommitter:
         self.spool = spool
         self.batch_max = batch_max
         self.clock = clock
-        self._pending: list[tuple[Submission, asyncio.Future[int]]] = []
+        self._pending: list[tuple[Submission, asyncio.Future[int | None]]] = []
         self._running = False
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="spool-writer")
         self.commits = 0
@@ -104,8 +135,10 @@ class GroupCommitter:
     def __repr__(self) -> str:
         return f"<GroupCommitter pending={len(self._pending)} commits={self.commits} submissions={self.submissions}>"
 
-    async def submit(self, sub: Submission) -> int:
-        fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+    async def submit(self, sub: Submission) -> int | None:
+        """Queue ``sub``; its message id once synced, or None when every recipient was suppressed
+        (then ``sub.failed``/``sub.errors`` say why, see ``write_submissions``)."""
+        fut: asyncio.Future[int | None] = asyncio.get_running_loop().create_future()
         self._pending.append((sub, fut))
         if not self._running:
             self._running = True

@@ -52,7 +52,8 @@ def make_app(committer: GroupCommitter, *, max_request_mb: int = 256) -> web.App
                 msg_id = await committer.submit(sub)
             except SpoolError as exc:
                 return _json({"error": "not queued", "errors": [str(exc)]}, 503)
-            queue_ids.append(records.queue_id(msg_id))
+            if msg_id is not None:  # None: every recipient was on the suppression list
+                queue_ids.append(records.queue_id(msg_id))
         return _json({"success_count": len(sub.recipients), "fail_count": len(sub.failed),
                       "failed_recipients": sub.failed, "errors": sub.errors, "queue_ids": queue_ids})
 

@@ -5,15 +5,16 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-from typing import Any
+from typing import Any, Callable
 
 import structlog
 
 from ..config import Config
-from ..control.server import serve as serve_control
+from ..control.server import Handler, serve as serve_control
 from ..obs.accounting import AccountingLog
 from ..routing.resolver import Resolver
 from ..sched.manager import Manager
+from ..spool import suppress
 from ..spool.store import Spool
 from .ipc import FrameProtocol
 
@@ -60,8 +61,19 @@ async def manager_main(cfg: Config) -> int:
         ipc = await loop.create_unix_server(lambda: FrameProtocol(mgr.on_frame, mgr.on_lost), ipc_path)
     finally:
         os.umask(old)
-    control = await serve_control(cfg.control.socket, {"status": status, "shutdown": shutdown,
-                                                              "suspend": suspend, "resume": resume})
+    def on_spool_thread(handle: Callable[[Spool, dict[str, Any]], dict[str, Any]]) -> Handler:
+        """A spool handler run on the manager's spool-writer thread, between ticks (never on the loop)."""
+        async def handler(req: dict[str, Any]) -> dict[str, Any]:
+            return await loop.run_in_executor(mgr.spool_executor, handle, spool, req)
+        return handler
+
+    control = await serve_control(cfg.control.socket, {
+        "status": status, "shutdown": shutdown, "suspend": suspend, "resume": resume,
+        "suppress_add": on_spool_thread(suppress.handle_suppress_add),
+        "suppress_remove": on_spool_thread(suppress.handle_suppress_remove),
+        "suppress_list": on_spool_thread(suppress.handle_suppress_list),
+        "suppress_import": on_spool_thread(suppress.handle_suppress_import),
+        "suppress_export": on_spool_thread(suppress.handle_suppress_export)})
     loop.add_signal_handler(signal.SIGTERM, mgr.drain)
     loop.add_signal_handler(signal.SIGINT, lambda: None)
     log.info("manager_started", pid=os.getpid(), spool=cfg.spool.path, control=cfg.control.socket,

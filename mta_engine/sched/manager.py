@@ -133,6 +133,11 @@ class Manager:
         self._outbox_written = 0
         self.on_shutdown_request: Callable[[], None] | None = None
 
+    @property
+    def spool_executor(self) -> ThreadPoolExecutor:
+        """The one thread that writes the spool; control handlers that touch the spool run here too."""
+        return self._executor
+
     def __repr__(self) -> str:
         return (f"<Manager workers={sorted(self.workers)} results={len(self._results)} ticks={self.ticks} "
                 f"draining={self.draining}>")

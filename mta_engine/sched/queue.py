@@ -17,7 +17,7 @@ from typing import Any
 import lmdb
 
 from ..errors import SpoolCorrupt
-from ..spool import records
+from ..spool import records, suppress
 from ..spool.records import Message, Recipient, State
 from ..spool.store import Spool
 from ..dsn.classify import Classification, Classifier
@@ -236,6 +236,13 @@ class QueueWriter:
                 event["category"], event["rule"] = str(verdict.category), verdict.rule
                 event["permanence"] = "permanent" if state is not State.QUEUED else str(verdict.permanence)
             events.append(event)
+            if state is State.BOUNCED and verdict is not None:  # STANDARDS B03/B04 decide in note_bounce
+                suppressed = suppress.note_bounce(
+                    txn, self.spool, tenant=msg.tenant, address=rec.address, category=str(verdict.category),
+                    permanent=True, code=r.code, enhanced=r.enhanced, text=r.text, source=event["queue_id"],
+                    now_ms=now_ms)
+                if suppressed is not None:
+                    events.append(suppressed)
             self._dsn_note(msg, rec, r, state, event, now_ms)
             if state is State.QUEUED:
                 rec.state = State.QUEUED

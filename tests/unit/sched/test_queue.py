@@ -56,7 +56,7 @@ def test_outcomes_move_recipients_to_their_states(spool: Spool) -> None:
     stats, events = step(spool, w, [Result(msg, 0, 250, "2.0.0", "ok", "data", "site"),
                                     Result(msg, 1, 550, "5.1.1", "no", "rcpt", "site"),
                                     Result(msg, 2, 451, "4.3.0", "later", "rcpt", "site")], T0 + 1000)
-    assert [e["type"] for e in events] == ["Delivery", "Bounce", "TransientFailure"]
+    assert [e["type"] for e in events] == ["Delivery", "Bounce", "Suppressed", "TransientFailure"]
     assert (stats.delivered, stats.bounced, stats.deferred) == (1, 1, 1)
     assert spool.stat()["inflight"] == 0 and spool.stat()["rcpt"] == 1
     ((_, m, i),) = due_items(spool)
