@@ -113,6 +113,13 @@ def cmd_inject(args: argparse.Namespace) -> int:
     import urllib.request
 
     cfg = _load(args)
+    if args.bsmtp:
+        from .ingest.bsmtp import BSMTP_PATH, inject_bsmtp_file
+
+        return inject_bsmtp_file(args.url or f"http://{cfg.http.listen}{BSMTP_PATH}", args.bsmtp,
+                                 timeout_s=args.timeout)
+    if not args.file:
+        raise SystemExit("mta-engine: inject needs a JSON FILE or --bsmtp FILE")
     url = args.url or f"http://{cfg.http.listen}/api/inject/v1"
     try:
         with open(args.file, "rb") as f:
@@ -155,7 +162,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--shard", type=int, default=0)
     c.set_defaults(func=cmd_child)
     i = with_config(sub.add_parser("inject", help="submit a JSON inject request (KumoMTA shape)"))
-    i.add_argument("file", help="JSON file with the inject request")
+    i.add_argument("file", nargs="?", help="JSON file with the inject request")
+    i.add_argument("--bsmtp", metavar="FILE", help="submit a batch-SMTP file instead (MAIL/RCPT/DATA blocks)")
     i.add_argument("--url", help="inject URL (default: from [http] listen)")
     i.add_argument("--timeout", type=float, default=300.0)
     i.set_defaults(func=cmd_inject)

@@ -36,6 +36,78 @@ class HttpConfig:
 
 
 @dataclass(frozen=True)
+class SubmissionConfig:
+    listen: str = "127.0.0.1:2525"
+    """"host:port" of the submission listener; "" = disabled."""
+    max_message_bytes: int = 50 * 1024 * 1024
+    """Advertised as SIZE (RFC 1870); larger messages get 552 5.3.4."""
+    require_auth: bool = False
+    """true: every client must AUTH; false: clients in trusted_networks may submit without AUTH."""
+    trusted_networks: list[str] = field(default_factory=lambda: ["127.0.0.0/8", "::1/128"])
+    tls_cert: str = ""
+    tls_key: str = ""
+    """PEM certificate chain and key; STARTTLS is offered when both are set."""
+    users: dict[str, Any] = field(default_factory=dict)
+    """username -> {password_sha256 = "<hex>" | password_env = "VAR", tenant = "...", campaign = "..."}."""
+    auth_require_tls: bool = True
+    """Offer AUTH only after STARTTLS (RFC 4954 §4)."""
+
+    def problems(self) -> list[tuple[str, str]]:
+        """(key, reason) for every invalid setting; [] when the section is usable."""
+        out: list[tuple[str, str]] = []
+        if self.listen:
+            host, _, port = self.listen.rpartition(":")
+            if not host or not port.isdigit() or not 0 <= int(port) < 65536:
+                out.append(("listen", f'expected "host:port" or "" (disabled), got {self.listen!r}'))
+        if self.max_message_bytes < 1024:
+            out.append(("max_message_bytes", "must be at least 1024"))
+        for i, net in enumerate(self.trusted_networks):
+            try:
+                ipaddress.ip_network(net)
+            except ValueError as exc:
+                out.append((f"trusted_networks[{i}]", str(exc)))
+        if bool(self.tls_cert) != bool(self.tls_key):
+            out.append(("tls_cert", "tls_cert and tls_key must be set together"))
+        for key in ("tls_cert", "tls_key"):
+            path = getattr(self, key)
+            if path and not os.path.exists(path):
+                out.append((key, f"{path} does not exist"))
+        for name, entry in self.users.items():
+            out.extend((f"users.{name}.{k}" if k else f"users.{name}", why) for k, why in _user_problems(entry))
+        if self.require_auth and not self.users:
+            out.append(("require_auth", "is true but no users are configured: nobody could submit"))
+        if self.users and self.auth_require_tls and not self.tls_cert:
+            out.append(("auth_require_tls", "AUTH is offered only over TLS, but tls_cert/tls_key are not set"))
+        return out
+
+
+def _label_ok(value: Any) -> bool:
+    return isinstance(value, str) and 0 < len(value) <= 200 and value.isprintable()
+
+
+def _user_problems(entry: Any) -> list[tuple[str, str]]:
+    if not isinstance(entry, dict):
+        return [("", "must be a table")]
+    out: list[tuple[str, str]] = []
+    unknown = set(entry) - {"password_sha256", "password_env", "tenant", "campaign"}
+    out.extend((k, "unknown key") for k in sorted(unknown))
+    if ("password_sha256" in entry) == ("password_env" in entry):
+        out.append(("", "needs exactly one of password_sha256 or password_env"))
+    digest = entry.get("password_sha256")
+    if digest is not None and (not isinstance(digest, str) or len(digest) != 64
+                               or any(c not in "0123456789abcdefABCDEF" for c in digest)):
+        out.append(("password_sha256", "must be 64 hex digits (sha256 of the password)"))
+    if "password_env" in entry and not isinstance(entry["password_env"], str):
+        out.append(("password_env", "must be an environment variable name"))
+    for key in ("tenant", "campaign"):
+        value = entry.get(key)
+        if (value is not None or key == "tenant") and not _label_ok(value):
+            out.append((key, "is required: 1-200 printable characters" if key == "tenant"
+                        else "must be 1-200 printable characters"))
+    return out
+
+
+@dataclass(frozen=True)
 class ControlConfig:
     socket: str = "var/control.sock"
 
@@ -171,6 +243,7 @@ class LogConfig:
 class Config:
     spool: SpoolConfig = field(default_factory=SpoolConfig)
     http: HttpConfig = field(default_factory=HttpConfig)
+    submission: SubmissionConfig = field(default_factory=SubmissionConfig)
     control: ControlConfig = field(default_factory=ControlConfig)
     dns: DnsConfig = field(default_factory=DnsConfig)
     delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
@@ -198,7 +271,7 @@ class Config:
 
 
 _SECTION_TYPES = {
-    "spool": SpoolConfig, "http": HttpConfig, "control": ControlConfig, "dns": DnsConfig,
+    "spool": SpoolConfig, "http": HttpConfig, "submission": SubmissionConfig, "control": ControlConfig, "dns": DnsConfig,
     "delivery": DeliveryConfig, "tls": TlsConfig, "queue": QueueConfig, "sched": SchedConfig, "bounce": BounceConfig, "dsn": DsnConfig,
     "webhooks": WebhookConfig,
     "log": LogConfig,
@@ -284,6 +357,8 @@ def _validate(cfg: Config) -> None:
         raise bad("sched", "dead_after_failures, messages_per_job and flow_stage_max must be >= 1")
     if cfg.queue.max_age_s <= 0:
         raise bad("queue.max_age_s", "must be positive")
+    for key, why in cfg.submission.problems():
+        raise bad(f"submission.{key}", why)
     try:
         cfg.webhooks.validate()
     except ConfigError as exc:

@@ -11,7 +11,9 @@ from aiohttp import web
 
 from ..config import Config
 from ..ingest.commit import GroupCommitter
+from ..ingest.bsmtp import make_bsmtp_route
 from ..ingest.http import make_app
+from ..ingest.smtp_submit import start_submission
 from ..spool.store import Spool
 from .ipc import FrameProtocol
 
@@ -56,17 +58,23 @@ async def ingest_main(cfg: Config) -> int:
     spool = Spool(cfg.spool.path, map_size_mb=cfg.spool.map_size_mb)
     committer = GroupCommitter(spool, batch_max=cfg.http.commit_batch_max, on_commit=ManagerNotice(cfg.ipc_path))
     app = make_app(committer, max_request_mb=cfg.http.max_request_mb)
+    path, handler = make_bsmtp_route(committer)
+    app.router.add_post(path, handler)
     runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=30)
     await runner.setup()
     host, _, port = cfg.http.listen.rpartition(":")
     site = web.TCPSite(runner, host.strip("[]"), int(port), reuse_address=True)
     await site.start()
+    submission = (await start_submission(committer, cfg.submission, loop, hostname=cfg.ehlo_name)
+                  if cfg.submission.listen else None)
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, lambda: None)
-    log.info("ingest_started", pid=os.getpid(), http=cfg.http.listen)
+    log.info("ingest_started", pid=os.getpid(), http=cfg.http.listen, submission=cfg.submission.listen or None)
     await stop.wait()
     log.info("ingest_stopping", commits=committer.commits, submissions=committer.submissions)
+    if submission is not None:
+        await submission.close()
     await runner.cleanup()  # stops accepting, lets in-flight requests finish their commit
     committer.close()
     spool.close()

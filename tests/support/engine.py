@@ -42,9 +42,11 @@ class Engine:
         self.dir = Path(workdir)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.http_port = free_port()
+        self.submission_port = free_port()
         sections: dict[str, dict[str, Any]] = {
             "spool": {"path": str(self.dir / "spool")},
             "http": {"listen": f"127.0.0.1:{self.http_port}"},
+            "submission": {"listen": f"127.0.0.1:{self.submission_port}"},
             "control": {"socket": str(self.dir / "control.sock")},
             "dns": {"nameservers": [dns_host], "port": dns_port, "timeout_s": 2.0},
             "delivery": {"workers": workers, "port": smtp_port, "ehlo_name": "mta.test"},
