@@ -512,13 +512,14 @@ divided by injected recipients (delivery runs concurrently, so this is not a ful
 
 Targets on this 2-core machine: W1 ≥ 1,500 msg/s, W2 ≥ 20,000 rcpt/s.
 
-Known limiter (2026-11-28): the spread between repetitions comes from DNS, not from delivery. The
-engine sends its A/AAAA (worker) and MX (manager) queries in one burst of several hundred; dnsmasq's
-UDP receive buffer overflows (`RcvbufErrors` in /proc/net/snmp rises by 100–200 per run), a lost query
-is never retransmitted (dnspython `timeout` = `lifetime` = dns.timeout_s), the site then gets a
-451 4.4.4 "timed out" after 2 s and the transient failure is cached for 5 s, so its recipients land
-~8 s after the start. A repetition without a lost query drains W2 in ~1.1 s (~17,800 rcpt/s).
-`deferred_events` in the JSON counts those TransientFailure lines.
+Targets of the project (issue 6): W1 5,000 msg/s, W2 50,000 rcpt/s at 100,000, CPU <= 0.3 ms per W1 message.
+
+What limits it now (py-spy, see the commit messages and bench/results/OPTIMIZATIONS.md):
+- W2: the manager is the serial stage (about 35 us of CPU per recipient: scan, lease, apply, accounting
+  line) and a cold DNS cache costs ~0.3 s at the start (1,023 MX + 686 A lookups through dnspython at
+  ~0.25 ms of CPU each).
+- W1: the worker that owns the largest site (37% of the domain mix is one site, one shard) is the
+  ceiling: rendering + SMTP for that site run on one core.
 Raw per-repetition figures, config and machine info are in the JSON files; plots of delivered per
 second (one line per repetition; engine and Postfix on one chart, wire limit as a dashed line) in the
 PNG files.
