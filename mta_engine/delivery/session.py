@@ -59,7 +59,7 @@ from mta_engine.smtp.events import (
     StartTls,
 )
 from mta_engine.smtp.reply import Reply
-from mta_engine.smtp.transaction import TransactionPlan, plan_legacy, plan_transaction
+from mta_engine.smtp.transaction import DsnParams, TransactionPlan, plan_legacy, plan_transaction
 
 __all__ = [
     "ServerClosingError",
@@ -383,6 +383,7 @@ class SmtpSession:
         payload: bytes | PreparedMessage,
         *,
         mail_params: tuple[str, ...] = (),
+        dsn: DsnParams | None = None,
     ) -> TransactionResult:
         """Run MAIL, RCPT per recipient and DATA (or BDAT); return every reply.
 
@@ -405,6 +406,7 @@ class SmtpSession:
                 server=self._server,
                 chunking=self._chunking,
                 mail_params=mail_params,
+                dsn=dsn,
             )
         else:
             planned = plan_legacy(sender, recipients, payload, mail_params)

@@ -31,6 +31,7 @@ from ..routing.mx import MxHost, order_mx
 from ..routing.resolver import Resolver, has_ipv6_route
 from ..delivery.tls import TlsPolicy
 from ..smtp.body import PreparedMessage
+from ..smtp.transaction import DsnParams
 from ..spool import records
 from ..spool.store import Spool
 from ..template.render import MessageTemplate
@@ -203,7 +204,7 @@ class Worker:
                 body.shared_payload = prepare(body.template.render(address="", name=None, variables=None,
                                                                    message_id=""))
             return body.shared_payload
-        index, address, name, variables = rcpt
+        index, address, name, variables = rcpt[:4]
         mid = f"{records.rcpt_id(job['msg'], index)}@{self.ehlo_name}"
         return prepare(body.template.render(address=address, name=name, variables=variables, message_id=mid))
 
@@ -323,7 +324,10 @@ class Worker:
         """Send ``pending`` in as many transactions as 452 splits require; returns the session's kind."""
         while pending:
             payload = self.payload(job, body, rcpts[pending[0]])
-            result = await session.transaction(job["sender"], [rcpts[i][1] for i in pending], payload)
+            ret, envid = job.get("dsn") or (None, None)
+            dsn = DsnParams(ret, envid, tuple((rcpts[i][4], rcpts[i][5]) if len(rcpts[i]) > 5 else (None, None)
+                                              for i in pending))
+            result = await session.transaction(job["sender"], [rcpts[i][1] for i in pending], payload, dsn=dsn)
             out, again = transaction_outcomes(pending, result)
             results.extend(out)
             if result.error is not None:

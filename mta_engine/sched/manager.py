@@ -580,7 +580,9 @@ class Manager:
                     "id": self._job_seq, "msg": job.msg_id, "sender": msg.sender, "domain": job.domain,
                     "site": site, "mx": self.mx_of[site], "per_rcpt": job.per_recipient,
                     "conns": lim.max_connections, "msgs_per_conn": lim.max_messages_per_connection,
-                    "rcpts": [[idx, rec.address, rec.name, rec.variables] for _, idx, rec in job.items],
+                    "rcpts": [[idx, rec.address, rec.name, rec.variables, rec.notify, rec.orcpt]
+                              for _, idx, rec in job.items],
+                    "dsn": [msg.ret, msg.envid],
                     "_attempts": {idx: rec.attempts for _, idx, rec in job.items},
                 })
                 leases.extend((dkey, job.msg_id, idx) for dkey, idx, _ in job.items)

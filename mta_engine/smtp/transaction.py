@@ -34,6 +34,40 @@ _SIZE = "SIZE"  # RFC 1870 §3
 _8BITMIME = "8BITMIME"  # RFC 6152 §2
 _SMTPUTF8 = "SMTPUTF8"  # RFC 6531 §3.1
 _CHUNKING = "CHUNKING"  # RFC 3030 §2
+_DSN = "DSN"  # RFC 3461 §4
+
+
+@dataclass(frozen=True, slots=True)
+class DsnParams:
+    """RFC 3461 parameters to pass on when the server advertises DSN: RET and ENVID on MAIL,
+    NOTIFY and ORCPT per recipient (index -> (notify, orcpt)). Values are as stored (not xtext)."""
+
+    ret: str | None = None
+    envid: str | None = None
+    rcpts: tuple[tuple[str | None, str | None], ...] = ()
+
+
+def _xtext(value: str) -> str:
+    """RFC 3461 §4: '+', '=' and characters outside '!'..'~' become '+XX'."""
+    return "".join(c if "!" <= c <= "~" and c not in "+=" else "".join(f"+{b:02X}" for b in c.encode())
+                   for c in value)
+
+
+def _rcpt_params(dsn: DsnParams | None, i: int, wire_address: str) -> tuple[str, ...]:
+    if dsn is None or i >= len(dsn.rcpts):
+        return ()
+    notify, orcpt = dsn.rcpts[i]
+    out = []
+    if notify:
+        out.append(f"NOTIFY={notify}")
+    if orcpt:
+        kind, _, addr = orcpt.partition(";")
+        param = f"ORCPT={kind.strip() or 'rfc822'};{_xtext(addr.strip())}"
+        # RFC 5321 §4.5.3.1.4 limits a command line to 512 octets (RFC 3461 §5 allows 500 more, which
+        # not every server does): an ORCPT that would not fit is left out rather than risking the RCPT
+        if len(wire_address) + len(param) + sum(len(p) + 1 for p in out) + 16 <= 512:
+            out.append(param)
+    return tuple(out)
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +115,7 @@ def plan_transaction(
     chunking: bool = False,
     chunk_octets: int = DEFAULT_CHUNK_OCTETS,
     mail_params: tuple[str, ...] = (),
+    dsn: DsnParams | None = None,
 ) -> TransactionPlan | Reply:
     """Plan a transaction for ``message``, or return the local reply that refuses all of it.
 
@@ -129,8 +164,15 @@ def plan_transaction(
     if smtputf8:
         params.append("SMTPUTF8")
     params.extend(mail_params)
+    use_dsn = dsn is not None and _DSN in extensions
+    if use_dsn and dsn is not None:
+        if dsn.ret:
+            params.append(f"RET={dsn.ret}")
+        if dsn.envid:
+            params.append(f"ENVID={_xtext(dsn.envid)}")
     mail = MailFrom(_wire(sender, smtputf8), tuple(params))
-    commands = tuple((i, RcptTo(_wire(address, smtputf8))) for i, address in accepted)
+    commands = tuple((i, RcptTo(w := _wire(address, smtputf8), _rcpt_params(dsn if use_dsn else None, i, w)))
+                     for i, address in accepted)
     body: Payload | tuple[Bdat | BdatLast, ...]
     if chunking and _CHUNKING in extensions:
         body = _bdat_commands(message, chunk_octets)

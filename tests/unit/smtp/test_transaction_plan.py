@@ -114,3 +114,20 @@ def test_caller_mail_params_come_last() -> None:
     """Parameters given by the caller follow the ones the plan adds."""
     p = plan({"SIZE": ""}, mail_params=("RET=HDRS",))
     assert isinstance(p, TransactionPlan) and p.mail.params == ("SIZE=21", "RET=HDRS")
+
+
+def test_dsn_parameters_are_passed_on_only_when_advertised() -> None:
+    """RET/ENVID on MAIL and NOTIFY/ORCPT on RCPT go out (xtext-encoded) only to a server with DSN (RFC 3461)."""
+    from mta_engine.smtp.body import PreparedMessage as PM
+    from mta_engine.smtp.transaction import DsnParams, plan_transaction
+
+    msg = PM(b"Subject: x\r\n\r\nbody\r\n")
+    dsn = DsnParams("HDRS", "batch 7+", (("FAILURE,DELAY", "rfc822;old=addr@x.test"), (None, None)))
+    plan = plan_transaction({"DSN": ""}, "s@x.test", ["a@y.test", "b@y.test"], msg, server="mx", dsn=dsn)
+    assert "RET=HDRS" in plan.mail.params and "ENVID=batch+207+2B" in plan.mail.params
+    (_, first), (_, second) = plan.rcpts
+    assert first.params == ("NOTIFY=FAILURE,DELAY", "ORCPT=rfc822;old+3Daddr@x.test")
+    assert second.params == ()
+    plain = plan_transaction({}, "s@x.test", ["a@y.test", "b@y.test"], msg, server="mx", dsn=dsn)
+    assert not any(p.startswith(("RET=", "ENVID=")) for p in plain.mail.params)
+    assert all(r.params == () for _, r in plain.rcpts)
