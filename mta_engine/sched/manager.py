@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import lmdb
+import msgpack
 import structlog
 
 from ..config import Config
@@ -46,6 +47,8 @@ from .site import Mode, SiteState
 
 log = structlog.get_logger("manager")
 
+SUSPENSIONS_KEY = b"suspensions"
+"""meta key: the operator's suspensions (kind -> values), saved with the next round's commit."""
 SWEEP_S = 10.0
 """How often ready and held recipients are checked against max age."""
 FULL_SCAN_S = 30.0
@@ -116,6 +119,7 @@ class Manager:
         self._rescan_flows: set[tuple[str, Any]] = set()
         self._full_scan_at = 0.0
         self._sweep_at = 0.0
+        self._suspensions_dirty = False
         self._sites_tick_at = 0.0
         self.workers: dict[int, WorkerLink] = {}
         self._results: list[Result] = []
@@ -148,6 +152,15 @@ class Manager:
         now_ms = int(self.clock() * 1000)
         with self.spool.write() as txn:
             n = self.writer.requeue_inflight(txn, now_ms)
+            raw = txn.get(SUSPENSIONS_KEY, db=self.spool.dbs["meta"])
+        if raw:  # operator suspensions survive a restart
+            try:
+                for kind, values in msgpack.unpackb(raw, raw=False).items():
+                    if kind in self.suspensions:
+                        self.suspensions[kind].update(values)
+                log.info("suspensions_restored", **{k: sorted(v) for k, v in self.suspensions.items() if v})
+            except (ValueError, TypeError, AttributeError, msgpack.UnpackException):
+                log.warning("suspensions_unreadable")
         if n:
             log.info("inflight_requeued", count=n)
         self._flush_outbox()
@@ -306,7 +319,8 @@ class Manager:
         fails.extend(self._stage(due, plans, now))
         jobs_by_shard, leases, sent = self._dispatch(free, now) if free else ({}, [], [])
         site_events = self._log_site_changes(now)
-        if not (results or returns or leases or fails or site_events or self._outbox_pending()):
+        if not (results or returns or leases or fails or site_events or self._suspensions_dirty
+                or self._outbox_pending()):
             return bool(due)
         stats = TickStats()
         t3 = time.perf_counter()
@@ -432,6 +446,10 @@ class Manager:
                 self.writer.expire_due(txn, items, now_ms, stats, events, **why)
             if leases:
                 self.writer.lease(txn, leases, now_ms)
+            if self._suspensions_dirty:
+                self._suspensions_dirty = False
+                txn.put(SUSPENSIONS_KEY, msgpack.packb({k: sorted(v) for k, v in self.suspensions.items()}),
+                        db=self.spool.dbs["meta"])
             self.spool.events_append(txn, events)
             # every event not yet in the accounting log: ours and ingest's (Reception), in order;
             # our own batch is in hand, only the others are read back
@@ -689,6 +707,7 @@ class Manager:
             raise ValueError(f"suspend what? one of {', '.join(self.SELECTORS)}")
         now = self.clock()
         self.suspensions[kind].add(value)
+        self._suspensions_dirty = True
         if kind == "site" and value in self.sites:
             self.sites[value].suspend(now, "suspended by operator")
         log.info("queue_suspended", kind=kind, value=value)
@@ -702,6 +721,7 @@ class Manager:
             return f"{kind} {value} was not suspended"
         now = self.clock()
         self.suspensions[kind].discard(value)
+        self._suspensions_dirty = True
         if kind == "site" and value in self.sites:
             self.sites[value].resume(now, "resumed by operator")
         n = self.ready.unhold(lambda j: not self._held(j))

@@ -136,3 +136,18 @@ def test_expiry_is_not_early(world) -> None:
     run_until(mgr, clock, T0 + MAX_AGE + 20)
     assert finals(acct)["q@wait.test"]["type"] == "Expiration"
     assert link.jobs() == []  # a suspended tenant never got a job
+
+
+def test_suspensions_survive_a_manager_restart(world, tmp_path: Path) -> None:
+    """A suspension is saved with the next round and restored by the next manager."""
+    cfg, spool, clock, mgr, link, acct = world
+    mgr.suspend("campaign", "spring")
+    asyncio.run(mgr.tick())
+    again = Manager(cfg, spool, Resolver(), acct, clock=clock)
+    again.recover()
+    assert again.suspensions["campaign"] == {"spring"}
+    again.resume("campaign", "spring")
+    asyncio.run(again.tick())
+    third = Manager(cfg, spool, Resolver(), acct, clock=clock)
+    third.recover()
+    assert third.suspensions["campaign"] == set()
