@@ -64,7 +64,7 @@ GREY_SHARE = 0.03
 GREY_MIN_RETRY_S = 1.0
 MAX_RCPT = 100
 RETRY_INTERVALS_S = [2.0]
-RATE_SHARE_OF_SITE = 0.6
+RATE_SHARE_OF_SITE = 0.25  # of the site's messages per minute: reached even during slow start
 FINAL = {"Delivery", "Bounce", "Expiration", "AdminBounce"}
 
 
