@@ -112,6 +112,8 @@ class LogTail:
         self.counts: dict[str, int] = {}
         self.final_ts: list[float] = []
         self.delivery_ts: list[float] = []
+        self.latencies: list[float] = []
+        """Seconds from the message's reception (synced commit) to each Delivery."""
         self.first_reception: float | None = None
 
     @property
@@ -140,6 +142,8 @@ class LogTail:
                 self.final_ts.append(ts)
                 if t == "Delivery":
                     self.delivery_ts.append(ts)
+                    if "latency_s" in ev:
+                        self.latencies.append(float(ev["latency_s"]))
             elif t == "Reception" and self.first_reception is None:
                 self.first_reception = ts
 
@@ -282,6 +286,7 @@ def run_once(workload: str, n: int, *, seed: int = 1, progress: Callable[[int, i
         "rcpt_per_transaction": round(delivered / sink["mesg"], 2) if sink["mesg"] else None,
         "status_since_start": st1.get("since_start"),
         "timeline_delivery_offsets_s": [round(t - t0, 3) for t in tail.delivery_ts],
+        "latency_s": percentiles(tail.latencies),
     }
     if sink["mesg"] and workload == "W1" and sink["mesg"] != delivered:
         fig["warning"] = f"sink counted {sink['mesg']} messages for {delivered} Delivery events"
@@ -366,6 +371,55 @@ def _rate_series(offs: list[float], bin_s: float) -> tuple[list[float], list[flo
     for t in offs:
         counts[min(int(max(t, 0) / bin_s), nb - 1)] += 1
     return [(j + 0.5) * bin_s for j in range(nb)], [c / bin_s for c in counts]
+
+
+def percentiles(values: list[float]) -> dict[str, float] | None:
+    """p50/p90/p99/max of injection -> delivery latency (the accounting log's latency_s)."""
+    if not values:
+        return None
+    v = sorted(values)
+
+    def at(q: float) -> float:
+        return round(v[min(len(v) - 1, int(q * len(v)))], 3)
+
+    return {"p50": at(0.50), "p90": at(0.90), "p99": at(0.99), "max": round(v[-1], 3)}
+
+
+def plot_costs(workload: str, reps: list[dict[str, Any]], path: Path,
+               peer_results: dict[str, list[dict[str, Any]]] | None = None) -> None:
+    """Two panels: latency percentiles per engine repetition, and CPU ms per message, engine vs Postfix."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+    qs = ["p50", "p90", "p99", "max"]
+    for i, r in enumerate(reps):
+        lat = r.get("latency_s")
+        if lat:
+            ax1.plot(qs, [lat[q] for q in qs], marker="o", label=f"rep {i + 1}")
+    ax1.set_title(f"{workload}: injection -> delivery latency (s)", fontsize=10)
+    ax1.set_ylabel("seconds")
+    ax1.grid(alpha=0.3)
+    if any(r.get("latency_s") for r in reps):
+        ax1.legend(fontsize=7)
+    else:
+        ax1.text(0.5, 0.5, "no latency data in this run\n(recorded from the next run on)", ha="center",
+                 va="center", transform=ax1.transAxes)
+    names, values = ["mta-engine"], [statistics.median(r["cpu_ms_per_msg"] for r in reps)]
+    for peer, rs in (peer_results or {}).items():
+        cpu = [r.get("cpu_ms_per_msg", r.get("cpu_s_per_1000_approx")) for r in rs
+               if r.get("cpu_ms_per_msg", r.get("cpu_s_per_1000_approx")) is not None]
+        if cpu:
+            names.append(peer)
+            values.append(statistics.median(cpu))
+    ax2.bar(names, values, color=["tab:blue"] + ["tab:red"] * (len(names) - 1))
+    ax2.set_title(f"{workload}: CPU ms per message (median of reps)", fontsize=10)
+    ax2.grid(alpha=0.3, axis="y")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def plot(workload: str, reps: list[dict[str, Any]], path: Path, unit: str,
@@ -620,6 +674,7 @@ def main(argv: list[str] | None = None) -> int:
                         "per transaction = domain-mix mean (per domain, <= 100)"}
         (RESULTS / f"{wl}-{date}.json").write_text(json.dumps(doc, indent=1))
         plot(wl, results, RESULTS / f"{wl}-{date}.png", unit, peer_results)
+        plot_costs(wl, results, RESULTS / f"{wl}-{date}-costs.png", peer_results)
         latest[wl] = doc
         s = doc["summary"]["rate_per_s"]
         print(f"{wl}: median {s['median']:,.0f} {unit} (min {s['min']:,.0f}, max {s['max']:,.0f}) over {reps} reps")
