@@ -169,6 +169,74 @@ class TlsConfig:
         return str(self.per_domain.get(domain, self.mode))
 
 
+_RELAY_TLS = ("starttls", "implicit", "none")
+RELAY_SITE_PREFIX = "relay:"  # scheduling site of relayed mail: relay:<host>:<port>
+
+
+@dataclass(frozen=True)
+class RelayConfig:
+    host: str = ""
+    """Smarthost name or IP; empty = no relay (MX delivery for everything)."""
+    port: int = 587
+    tls: str = "starttls"
+    """starttls (STARTTLS required) | implicit (TLS from the first byte, port 465, RFC 8314) | none."""
+    verify: bool = True
+    """Check the relay's certificate chain and that it names ``host``."""
+    ca_file: str = ""
+    username: str = ""
+    """Empty = no AUTH."""
+    password: str = field(default="", repr=False)
+    password_env: str = ""
+    """Read the password from this environment variable (wins over ``password``)."""
+    auth_without_tls: bool = False
+    """Allow sending credentials over a session without TLS (RFC 4954 §4 advises against it)."""
+    domains: list[str] = field(default_factory=list)
+    """Destination domains sent to the relay; empty = all mail."""
+
+    def routes(self, domain: str) -> bool:
+        """True if mail for ``domain`` goes to the relay."""
+        if not self.host:
+            return False
+        return not self.domains or domain.lower().rstrip(".") in {d.lower().rstrip(".") for d in self.domains}
+
+    @property
+    def site(self) -> str:
+        """The one scheduling site every relayed destination shares."""
+        return f"{RELAY_SITE_PREFIX}{self.host}:{self.port}"
+
+    def credentials(self) -> tuple[str, str] | None:
+        """(username, password) for AUTH, or None when no username is set."""
+        if not self.username:
+            return None
+        password = os.environ.get(self.password_env, "") if self.password_env else self.password
+        return self.username, password
+
+    def problems(self) -> list[tuple[str, str]]:
+        """(key, reason) for every invalid setting; [] when the section is usable. No secrets."""
+        out: list[tuple[str, str]] = []
+        if not 0 < self.port < 65536:
+            out.append(("port", f"expected a port 1-65535, got {self.port}"))
+        if self.tls not in _RELAY_TLS:
+            out.append(("tls", f"must be one of {', '.join(_RELAY_TLS)}, got {self.tls!r}"))
+        if self.ca_file and not os.path.exists(self.ca_file):
+            out.append(("ca_file", f"{self.ca_file} does not exist"))
+        if self.password and self.password_env:
+            out.append(("password_env", "set either password or password_env, not both"))
+        if (self.password or self.password_env) and not self.username:
+            out.append(("username", "a password is configured but no username"))
+        if self.password_env and self.username and self.password_env not in os.environ:
+            out.append(("password_env", f"environment variable {self.password_env} is not set"))
+        if self.username and self.tls == "none" and not self.auth_without_tls:
+            out.append(("auth_without_tls", 'tls = "none" with a username: credentials would go in '
+                                            "plaintext; set auth_without_tls = true to allow it"))
+        if self.domains and not self.host:
+            out.append(("domains", "relay domains are listed but host is empty"))
+        for i, d in enumerate(self.domains):
+            if not d or " " in d or "@" in d:
+                out.append((f"domains[{i}]", f"expected a domain name, got {d!r}"))
+        return out
+
+
 @dataclass(frozen=True)
 class QueueConfig:
     retry_first_s: float = 300.0
@@ -248,6 +316,7 @@ class Config:
     dns: DnsConfig = field(default_factory=DnsConfig)
     delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
     tls: TlsConfig = field(default_factory=TlsConfig)
+    relay: RelayConfig = field(default_factory=RelayConfig)
     queue: QueueConfig = field(default_factory=QueueConfig)
     sched: SchedConfig = field(default_factory=SchedConfig)
     bounce: BounceConfig = field(default_factory=BounceConfig)
@@ -272,7 +341,7 @@ class Config:
 
 _SECTION_TYPES = {
     "spool": SpoolConfig, "http": HttpConfig, "submission": SubmissionConfig, "control": ControlConfig, "dns": DnsConfig,
-    "delivery": DeliveryConfig, "tls": TlsConfig, "queue": QueueConfig, "sched": SchedConfig, "bounce": BounceConfig, "dsn": DsnConfig,
+    "delivery": DeliveryConfig, "tls": TlsConfig, "relay": RelayConfig, "queue": QueueConfig, "sched": SchedConfig, "bounce": BounceConfig, "dsn": DsnConfig,
     "webhooks": WebhookConfig,
     "log": LogConfig,
 }
@@ -359,6 +428,8 @@ def _validate(cfg: Config) -> None:
         raise bad("queue.max_age_s", "must be positive")
     for key, why in cfg.submission.problems():
         raise bad(f"submission.{key}", why)
+    for key, why in cfg.relay.problems():
+        raise bad(f"relay.{key}", why)
     try:
         cfg.webhooks.validate()
     except ConfigError as exc:
@@ -438,4 +509,6 @@ def to_dict(cfg: Config) -> dict[str, Any]:
     """The effective config as plain data (for `mta-engine config` and child processes)."""
     out = dataclasses.asdict(cfg)
     out.pop("source")
+    if out["relay"]["password"]:
+        out["relay"]["password"] = "<redacted>"  # never print or log credentials
     return out

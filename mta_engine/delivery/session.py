@@ -46,6 +46,8 @@ from mta_engine.smtp.body import PreparedMessage
 from mta_engine.smtp.connection import ClientConnection
 from mta_engine.smtp.events import (
     NEED_DATA,
+    AuthLogin,
+    AuthPlain,
     Bdat,
     BdatLast,
     Command,
@@ -62,6 +64,7 @@ from mta_engine.smtp.reply import Reply
 from mta_engine.smtp.transaction import DsnParams, TransactionPlan, plan_legacy, plan_transaction
 
 __all__ = [
+    "AuthRefused",
     "ServerClosingError",
     "SessionRefused",
     "SmtpSession",
@@ -73,6 +76,7 @@ __all__ = [
 
 _PIPELINING = "PIPELINING"  # RFC 2920 §3
 _STARTTLS = "STARTTLS"  # RFC 3207 §4
+_AUTH = "AUTH"  # RFC 4954 §3: EHLO keyword, parameters = SASL mechanisms
 _CLOSING = 421  # RFC 5321 §3.8: the server is closing the channel
 _ABORT_DATA = Payload(b".\r\n")  # RFC 2920 §3.1: 354 but no recipient accepted → lone dot
 # Command-mode states from which the next transaction's leading RSET is legal (§4.1.1.5).
@@ -102,6 +106,14 @@ class SessionRefused(MtaError):
         super().__init__(f"{phase} refused: {reply}")
         self.reply = reply
         self.phase = phase
+
+
+class AuthRefused(SessionRefused):
+    """AUTH could not be done safely (no TLS, no usable mechanism) or was rejected (535...).
+
+    ``phase`` is "auth". ``reply`` is the server's reply, or a local one (530 5.7.0 / 504 5.5.4)
+    when nothing was sent. The message never contains the credentials.
+    """
 
 
 class ServerClosingError(NetworkError):
@@ -242,8 +254,17 @@ class SmtpSession:
         tls: TlsPolicy = TlsPolicy(),
         tls_fallback: bool = True,
         chunking: bool = False,
+        auth: tuple[str, str] | None = None,
+        auth_without_tls: bool = False,
     ) -> SmtpSession:
         """Connect, read the greeting, say EHLO (HELO after 500/502), STARTTLS per ``tls``.
+
+        ``auth`` = (username, password): after EHLO (after STARTTLS and the second EHLO when TLS
+        is used), authenticate with PLAIN if advertised, else LOGIN (RFC 4954, RFC 4616). Without
+        TLS the credentials are never sent unless ``auth_without_tls`` (STANDARDS X10): the
+        session is refused with ``AuthRefused`` (phase "auth") before any AUTH command; a 535 or
+        other non-235 reply also raises ``AuthRefused``. The opportunistic plaintext retry is
+        never used when ``auth`` needs TLS.
 
         Raises ``ConnectError``/``ConnectTimeout`` (connect or greeting), ``ReplyTimeout``
         (EHLO/HELO/STARTTLS), ``NetworkError`` (closed early), ``RemoteProtocolError``,
@@ -253,11 +274,11 @@ class SmtpSession:
         an opportunistic handshake failure is retried once in plaintext on a new connection
         and ``tls_fallback_reason`` says why. ``chunking`` allows BDAT when advertised.
         """
-        args = (host, port, ehlo_name, timeouts, source_ip, mx_name, chunking)
+        args = (host, port, ehlo_name, timeouts, source_ip, mx_name, chunking, auth, auth_without_tls)
         try:
             return await cls._open_once(*args, tls)
         except TlsNegotiationError as exc:
-            if not (exc.fallback_ok and tls_fallback):
+            if not (exc.fallback_ok and tls_fallback) or (auth is not None and not auth_without_tls):
                 raise
             # RFC 3207 §4 / STANDARDS L01: opportunistic TLS never blocks delivery; one retry.
             session = await cls._open_once(*args, TlsPolicy("none"))
@@ -274,6 +295,8 @@ class SmtpSession:
         source_ip: str | None,
         mx_name: str,
         chunking: bool,
+        auth: tuple[str, str] | None,
+        auth_without_tls: bool,
         tls: TlsPolicy,
     ) -> SmtpSession:
         loop = asyncio.get_running_loop()
@@ -294,6 +317,8 @@ class SmtpSession:
             if tls.implicit:
                 await session._start_tls()  # RFC 8314 §3.3: the handshake comes before the greeting
             await session._greet(ehlo_name)
+            if auth is not None:
+                await session._auth(auth, auth_without_tls)
         except BaseException:
             session.abort()
             raise
@@ -312,6 +337,37 @@ class SmtpSession:
         if not reply.is_success:
             await self._quit_best_effort()  # S01 (554 greeting), S03 (EHLO/HELO refused)
             raise SessionRefused(reply, phase)
+
+    async def _auth(self, auth: tuple[str, str], auth_without_tls: bool) -> None:
+        """RFC 4954: AUTH PLAIN (one line) if advertised, else AUTH LOGIN; raise ``AuthRefused``."""
+        if self.tls_info is None and not auth_without_tls:
+            # STANDARDS X10 / RFC 4954 §4: no credentials in plaintext; nothing is sent.
+            await self._quit_best_effort()
+            raise AuthRefused(
+                Reply(530, ("5.7.0 AUTH refused locally: the session is not TLS-protected",)), "auth"
+            )
+        mechanisms = self._conn.extensions.get(_AUTH, "").upper().split()
+        username, password = auth
+        timeout_s = self._timeouts.ehlo_s
+        if "PLAIN" in mechanisms:
+            reply = await self._command(AuthPlain(username, password), timeout_s, ReplyTimeout, "auth")
+        elif "LOGIN" in mechanisms:
+            login = AuthLogin(username, password)
+            reply = await self._command(login, timeout_s, ReplyTimeout, "auth")
+            for response in login.responses():
+                if reply.code != 334:
+                    break
+                reply = await self._command(response, timeout_s, ReplyTimeout, "auth")
+        else:
+            await self._quit_best_effort()
+            raise AuthRefused(
+                Reply(504, (f"5.5.4 {self._server} offers no AUTH PLAIN or LOGIN",)), "auth"
+            )
+        if reply.code != 235:
+            self._usable = False
+            if self._conn.state is State.READY:
+                await self._quit_best_effort()
+            raise AuthRefused(reply, "auth")
 
     async def _hello(self, ehlo_name: str) -> tuple[str, Reply]:
         """EHLO, and HELO when the table falls back after 500/502 (S02); return (phase, reply)."""

@@ -22,7 +22,7 @@ from typing import Any
 
 import structlog
 
-from ..config import Config
+from ..config import RELAY_SITE_PREFIX, Config
 from ..delivery.outcome import Outcome, error_text, local_failure, transaction_outcomes
 from ..delivery.pool import ConnectionPool, Endpoint
 from ..delivery.session import SessionRefused, SmtpSession, SmtpTimeouts
@@ -218,6 +218,8 @@ class Worker:
     async def connect(self, job: dict[str, Any], idx: list[int]) -> tuple[SmtpSession | None, Endpoint | None,
                                                                           list[Outcome]]:
         """A session to one of the job's MX hosts, trying them in order (RFC 5321 §5.1)."""
+        if str(job.get("site", "")).startswith(RELAY_SITE_PREFIX) and self.cfg.relay.host:
+            return await self._connect_relay(idx)
         hosts = order_mx([MxHost(p, n) for p, n in job["mx"]], self.rng)
         last: list[Outcome] = local_failure(idx, 451, "4.4.4", "no MX host could be resolved", "connect")
         tried = 0
@@ -255,6 +257,47 @@ class Worker:
                     last = local_failure(idx, 451, "4.4.1", f"{host.name}[{ip}]: {error_text(exc)}", "connect")
                 if tried >= self.cfg.delivery.max_mx_hosts_per_attempt:
                     return None, None, last
+        return None, None, last
+
+    def relay_tls_policy(self) -> TlsPolicy:
+        """The [relay] TLS policy: required or verify, STARTTLS or implicit (RFC 8314), or none."""
+        relay = self.cfg.relay
+        if relay.tls == "none":
+            return TlsPolicy("none")
+        return TlsPolicy("verify" if relay.verify else "required", implicit=relay.tls == "implicit",
+                         ca_file=relay.ca_file or None)
+
+    async def _connect_relay(self, idx: list[int]) -> tuple[SmtpSession | None, Endpoint | None, list[Outcome]]:
+        """A session to the configured smarthost, with AUTH when a username is set (X10)."""
+        relay = self.cfg.relay
+        tls = self.relay_tls_policy()
+        auth = relay.credentials()
+        try:
+            ips = await self.resolver.resolve_addresses(relay.host)
+        except DnsError as exc:
+            return None, None, local_failure(idx, 451, "4.4.4", f"relay {relay.host}: {exc}", "dns")
+        mode = f"relay:{tls.mode}:{relay.host}"
+        last: list[Outcome] = local_failure(idx, 451, "4.4.4", f"relay {relay.host} has no address", "connect")
+        for ip in ips:
+            for src, _ in self.sources:
+                ep = Endpoint(src, ip, relay.port, mode)
+                cached = self.pool.take(ep, time.monotonic())
+                if cached is not None:
+                    return cached, ep, []
+            src, ehlo = self.sources[self._next_source % len(self.sources)]
+            self._next_source += 1
+            ep = Endpoint(src, ip, relay.port, mode)
+            try:
+                s = await SmtpSession.open(ip, relay.port, ehlo_name=ehlo, timeouts=self.timeouts, source_ip=src,
+                                           mx_name=relay.host, tls=tls, tls_fallback=False,
+                                           chunking=self.cfg.delivery.chunking, auth=auth,
+                                           auth_without_tls=relay.auth_without_tls)
+                return s, ep, []
+            except SessionRefused as exc:  # AuthRefused included: the reply never holds credentials
+                last = local_failure(idx, 451, "4.4.0" if exc.phase != "auth" else "4.7.0",
+                                     f"relay {relay.host}[{ip}] refused the session: {exc.reply}", exc.phase)
+            except (MtaError, OSError) as exc:
+                last = local_failure(idx, 451, "4.4.1", f"relay {relay.host}[{ip}]: {error_text(exc)}", "connect")
         return None, None, last
 
     def _fresh(self, session: SmtpSession | None, job: dict[str, Any]) -> SmtpSession | None:

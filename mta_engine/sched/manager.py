@@ -33,7 +33,7 @@ from ..errors import DnsError, SpoolCorrupt
 from ..obs import webhooks
 from ..obs.accounting import AccountingLog
 from ..proc.ipc import FrameProtocol
-from ..routing.mx import MxPlan
+from ..routing.mx import MxHost, MxPlan
 from ..spool import records
 from ..spool.records import Recipient
 from ..spool.store import Spool
@@ -463,7 +463,13 @@ class Manager:
     async def _resolve(self, domains: set[str]) -> dict[str, MxPlan | DnsError]:
         out: dict[str, MxPlan | DnsError] = {}
         missing = []
+        relay = self.cfg.relay
         for d in domains:
+            if relay.routes(d):
+                # Smarthost (issue 3): no DNS; every relayed domain shares one site (one window,
+                # one set of limits). The worker connects to [relay] host:port for this site.
+                out[d] = MxPlan(d, (MxHost(0, relay.host),), implicit=True, site=relay.site, ttl_s=86400)
+                continue
             plan = self.resolver.cached_plan(d)
             if plan is not None:
                 out[d] = plan

@@ -14,6 +14,9 @@ from typing import Final
 
 from mta_engine.errors import LocalProtocolError
 from mta_engine.smtp.events import (
+    AuthLogin,
+    AuthPlain,
+    AuthResponse,
     Bdat,
     BdatLast,
     Command,
@@ -52,6 +55,8 @@ class State(enum.Enum):
     EHLO_SENT = "ehlo_sent"
     READY = "ready"  # EHLO/HELO accepted, no transaction open
     STARTTLS_SENT = "starttls_sent"
+    AUTH_SENT = "auth_sent"  # AUTH or a challenge response sent, waiting for 334/235/5xx (RFC 4954 §4)
+    AUTH_CONTINUE = "auth_continue"  # 334 received: only an AuthResponse may follow
     MAIL_SENT = "mail_sent"
     RCPT_SENT = "rcpt_sent"
     DATA_SENT = "data_sent"
@@ -106,6 +111,10 @@ SEND: Final[dict[tuple[State, type[Command]], State]] = {
     (State.READY, Noop): State.READY,
     (State.READY, StartTls): State.STARTTLS_SENT,
     (State.READY, Quit): State.QUIT_SENT,
+    # RFC 4954 §4: AUTH after EHLO, outside a transaction; never pipelined (lock-step exchange).
+    (State.READY, AuthPlain): State.AUTH_SENT,
+    (State.READY, AuthLogin): State.AUTH_SENT,
+    (State.AUTH_CONTINUE, AuthResponse): State.AUTH_SENT,
     (State.MAIL_SENT, RcptTo): State.RCPT_SENT,
     (State.MAIL_SENT, Rset): State.READY,
     (State.MAIL_SENT, Noop): State.MAIL_SENT,
@@ -155,6 +164,12 @@ ON_REPLY: Final[dict[tuple[type[Command] | None, ReplyKind], State]] = {
     (Rset, ReplyKind.NOT_IMPLEMENTED): State.REFUSED,  # a server that cannot RSET cannot be reused
     (Rset, ReplyKind.FAILURE): State.REFUSED,
     **{(Quit, k): State.CLOSED for k in ReplyKind},
+    # RFC 4954 §4, §6: 235 = authenticated, 334 = send the next response, 5xx (535, 534, 538,
+    # 504...) = not authenticated, back in READY (the session refuses to use it).
+    **{(c, ReplyKind.SUCCESS): State.READY for c in (AuthPlain, AuthLogin, AuthResponse)},
+    **{(c, ReplyKind.INTERMEDIATE): State.AUTH_CONTINUE for c in (AuthPlain, AuthLogin, AuthResponse)},
+    **{(c, ReplyKind.NOT_IMPLEMENTED): State.READY for c in (AuthPlain, AuthLogin, AuthResponse)},
+    **{(c, ReplyKind.FAILURE): State.READY for c in (AuthPlain, AuthLogin, AuthResponse)},
     (StartTls, ReplyKind.SUCCESS): State.GREETED,  # handshake, then EHLO again (RFC 3207 §4.2)
     (StartTls, ReplyKind.INTERMEDIATE): State.READY,
     (StartTls, ReplyKind.NOT_IMPLEMENTED): State.READY,

@@ -23,6 +23,9 @@ from mta_engine.smtp._state import (
 )
 from mta_engine.smtp.events import (
     NEED_DATA,
+    AuthLogin,
+    AuthPlain,
+    AuthResponse,
     Closed,
     Command,
     Ehlo,
@@ -38,6 +41,8 @@ __all__ = ["ClientConnection", "parse_extensions", "parse_size_limit"]
 
 _PIPELINING = "PIPELINING"  # RFC 2920 §3: EHLO keyword that allows command groups
 _SIZE = "SIZE"  # RFC 1870 §3
+# RFC 4954 §4: the AUTH exchange is lock-step; it is never part of a pipelined group.
+_AUTH_COMMANDS = (AuthPlain, AuthLogin, AuthResponse)
 
 
 def parse_size_limit(params: str) -> int | None:
@@ -66,12 +71,13 @@ def parse_extensions(reply: Reply) -> dict[str, str]:
 class ClientConnection:
     """One SMTP client session's protocol state, fed and drained by an I/O driver."""
 
-    __slots__ = ("state", "extensions", "pending", "_parser", "_eof")
+    __slots__ = ("state", "extensions", "pending", "authenticated", "_parser", "_eof")
 
     def __init__(self) -> None:
         self.state: State = State.CONNECTED
         self.extensions: dict[str, str] = {}
         self.pending: deque[Command] = deque()
+        self.authenticated = False  # a 235 ended an AUTH exchange (RFC 4954 §4)
         self._parser = ReplyParser()
         self._eof = False
 
@@ -110,8 +116,17 @@ class ClientConnection:
             self.extensions = {}  # a new EHLO replaces everything we knew (RFC 5321 §4.1.1.1)
         return wire
 
+    def _check_auth(self, command: Command) -> None:
+        if not isinstance(command, _AUTH_COMMANDS):
+            return
+        if self.pending:
+            raise LocalProtocolError("AUTH is never pipelined: a reply is still pending (RFC 4954 §4)")
+        if self.authenticated and not isinstance(command, AuthResponse):
+            raise LocalProtocolError("already authenticated: a second AUTH is refused (RFC 4954 §4)")
+
     def send(self, command: Command) -> bytes:
         """Record ``command`` as sent and return its wire bytes."""
+        self._check_auth(command)
         self._may_send()
         return self._apply_send(command)
 
@@ -123,6 +138,10 @@ class ClientConnection:
         """
         if not commands:
             raise LocalProtocolError("empty command group")
+        if any(isinstance(command, _AUTH_COMMANDS) for command in commands):
+            if len(commands) > 1:
+                raise LocalProtocolError("AUTH is never pipelined (RFC 4954 §4); send it alone")
+            self._check_auth(commands[0])
         if len(commands) > 1 and not self.supports(_PIPELINING):
             raise LocalProtocolError(f"the server did not advertise {_PIPELINING}")
         for command in commands[:-1]:
@@ -178,6 +197,9 @@ class ClientConnection:
                 self.state = State.ERROR
                 raise RemoteProtocolError("data received after the STARTTLS 220, before TLS")
             self.extensions = {}  # RFC 3207 §4.2: forget everything learnt before TLS
+            self.authenticated = False
+        elif isinstance(command, _AUTH_COMMANDS) and reply.code == 235:
+            self.authenticated = True  # RFC 4954 §6: 235 2.7.0 Authentication successful
         elif type(command) in (Ehlo, Lhlo) and reply.is_success:
             self.extensions = parse_extensions(reply)
         return Replied(command, reply)

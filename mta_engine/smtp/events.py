@@ -9,6 +9,7 @@ Pure: no I/O.
 
 from __future__ import annotations
 
+import base64
 import re
 from dataclasses import dataclass
 from typing import Final
@@ -28,6 +29,9 @@ __all__ = [
     "Event",
     "Helo",
     "Lhlo",
+    "AuthLogin",
+    "AuthPlain",
+    "AuthResponse",
     "MailFrom",
     "NeedData",
     "Noop",
@@ -267,8 +271,100 @@ class StartTls:
         return b"STARTTLS\r\n"
 
 
+def _b64(text: str) -> str:
+    return base64.b64encode(text.encode("utf-8")).decode("ascii")
+
+
+def _check_credential(what: str, value: str) -> None:
+    # Never echo the value itself: it may be a secret (STANDARDS X10).
+    if "\0" in value or _CONTROL_RE.search(value):
+        raise LocalProtocolError(f"AUTH {what} contains a NUL or control character")
+
+
+@dataclass(frozen=True, slots=True)
+class AuthPlain:
+    """``AUTH PLAIN <base64(\\0user\\0pass)>``: one line, initial response (RFC 4616 §2, RFC 4954 §4).
+
+    The repr never shows the credentials; the wire form is built only by ``to_bytes``.
+    """
+
+    username: str
+    password: str
+
+    def __post_init__(self) -> None:
+        _check_credential("username", self.username)
+        _check_credential("password", self.password)
+        if len(_b64(f"\0{self.username}\0{self.password}")) + len("AUTH PLAIN \r\n") > MAX_COMMAND_LINE_OCTETS:
+            raise LocalProtocolError("AUTH PLAIN credentials are too long for one command line")
+
+    def __repr__(self) -> str:
+        return "AuthPlain(username=<redacted>, password=<redacted>)"
+
+    def to_bytes(self) -> bytes:
+        """Wire form: the whole exchange in one line (RFC 4616 message, base64)."""
+        return _line(f"AUTH PLAIN {_b64(chr(0) + self.username + chr(0) + self.password)}")
+
+
+@dataclass(frozen=True, slots=True)
+class AuthResponse:
+    """One base64 line answering a 334 challenge (RFC 4954 §4); the repr is redacted."""
+
+    data: str
+
+    def __post_init__(self) -> None:
+        _check_credential("response", self.data)
+
+    def __repr__(self) -> str:
+        return "AuthResponse(<redacted>)"
+
+    def to_bytes(self) -> bytes:
+        """Wire form: the base64 text and CRLF."""
+        return _line(self.data)
+
+
+@dataclass(frozen=True, slots=True)
+class AuthLogin:
+    """``AUTH LOGIN`` (draft-murchison-sasl-login, used with RFC 4954): 334, base64 user, 334,
+    base64 password, 235. ``to_bytes`` is only the first line; ``responses()`` gives the two
+    ``AuthResponse`` lines in order. The repr never shows the credentials.
+    """
+
+    username: str
+    password: str
+
+    def __post_init__(self) -> None:
+        _check_credential("username", self.username)
+        _check_credential("password", self.password)
+
+    def __repr__(self) -> str:
+        return "AuthLogin(username=<redacted>, password=<redacted>)"
+
+    def to_bytes(self) -> bytes:
+        """Wire form of the command itself (no initial response)."""
+        return b"AUTH LOGIN\r\n"
+
+    def responses(self) -> tuple[AuthResponse, AuthResponse]:
+        """The answers to the two 334 challenges: base64 username, then base64 password."""
+        return AuthResponse(_b64(self.username)), AuthResponse(_b64(self.password))
+
+
 Command = (
-    Ehlo | Helo | Lhlo | MailFrom | RcptTo | Data | Payload | Bdat | BdatLast | Rset | Noop | Quit | StartTls
+    Ehlo
+    | Helo
+    | Lhlo
+    | MailFrom
+    | RcptTo
+    | Data
+    | Payload
+    | Bdat
+    | BdatLast
+    | Rset
+    | Noop
+    | Quit
+    | StartTls
+    | AuthPlain
+    | AuthLogin
+    | AuthResponse
 )
 
 

@@ -1,0 +1,39 @@
+"""Engine with [relay]: a listed domain goes to the smarthost (STARTTLS + AUTH), with no MX lookup."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.integration.test_relay_auth_over_tls import HOST, Relay, _server_context, _start
+from tests.support.certs import make_certs
+from tests.support.dnsmasq import DnsServer
+from tests.support.engine import Engine
+
+pytestmark = pytest.mark.integration
+
+
+def test_engine_relays_listed_domain_with_auth(tmp_path: Path) -> None:
+    """x@relayed.test has no DNS records at all; it is delivered through the relay after AUTH."""
+    certs = make_certs(tmp_path / "certs", [HOST])
+    relay = Relay()
+    controller = _start(relay, tls_context=_server_context(certs), require_starttls=True, auth_required=True)
+    dns = DnsServer(mx={}, a={}, listen="127.0.0.52").start()
+    try:
+        extra = {"relay": {"host": HOST, "port": controller.port, "tls": "starttls", "verify": True,
+                           "ca_file": certs.ca_file, "username": "user", "password": "pass",
+                           "domains": ["relayed.test"]}}
+        with Engine(tmp_path / "engine", dns_port=dns.port, dns_host=dns.host, smtp_port=controller.port,
+                    workers=1, extra=extra) as eng:
+            eng.inject({"envelope_sender": "a@sender.test", "content": "From: a@sender.test\n\nhi\n",
+                        "recipients": ["x@relayed.test"]})
+            (final,) = eng.wait_final(1)
+            assert final["type"] == "Delivery", final
+            log = eng.log_text()
+            assert "AHVzZXIAcGFzcw" not in log and "'pass'" not in log  # credentials never logged
+        assert relay.logins == [("PLAIN", "user", True)]
+        assert [rcpts for _, rcpts, _ in relay.envelopes] == [["x@relayed.test"]]
+    finally:
+        controller.stop()
+        dns.stop()
