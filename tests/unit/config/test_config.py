@@ -85,3 +85,9 @@ def test_every_key_is_documented() -> None:
         assert f"[{section.name}]" in doc, section.name
         for key in dataclasses.fields(getattr(cfg, section.name)):
             assert re.search(rf"`{key.name}`", doc), f"{section.name}.{key.name} is not documented"
+
+
+def test_deploy_example_config_loads() -> None:
+    """deploy/engine.toml.example stays a valid config as keys change."""
+    cfg = load(REPO / "deploy" / "engine.toml.example")
+    assert cfg.queue.tick_s > 0
