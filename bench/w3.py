@@ -47,7 +47,8 @@ from tests.support.provider_sink import (DEFAULT_BOUNCE_REPLY, DEFAULT_GREY_REPL
                                          ProviderSink, expected_sets)
 
 from .run import RESULTS, git_commit, machine, proc_sample
-from .world import DNS_HOST, DOMAIN_MIX, SENDER, QuietDnsServer, RecipientGenerator, batches, personalised_content
+from .world import (DNS_HOST, DOMAIN_MIX, SENDER, QuietDnsServer, RecipientGenerator, batches, common_port,
+                    personalised_content, start_all, stop_all)
 
 SINK_HOSTS = [f"127.0.0.{i}" for i in range(10, 18)]
 THROTTLED_SITE = "site-g"
@@ -87,7 +88,7 @@ class W3World:
     """dnsmasq + 8 provider sinks + the rate-limited site's sink + the DSN sink; stopped by PID."""
 
     def __init__(self, tmp: Path, seed: int, rate_limit_per_minute: int) -> None:
-        self.port = self._common_port()
+        self.port = common_port([*SINK_HOSTS, THROTTLED_HOST, DSN_HOST])
         spread = spread_sites(SINK_HOSTS)
         self.dns = QuietDnsServer.from_domain_mix(
             DOMAIN_MIX, site_ips=lambda s: THROTTLED_HOST if s == THROTTLED_SITE else spread(s),
@@ -104,42 +105,12 @@ class W3World:
     def all_sinks(self) -> list[ProviderSink]:
         return [*self.sinks, self.throttled, self.dsn_sink]
 
-    @staticmethod
-    def _common_port() -> int:
-        import socket
-
-        hosts = [*SINK_HOSTS, THROTTLED_HOST, DSN_HOST]
-        for _ in range(20):
-            port = free_port(hosts[0])
-            ok = True
-            for h in hosts[1:]:
-                with socket.socket() as s:
-                    try:
-                        s.bind((h, port))
-                    except OSError:
-                        ok = False
-                        break
-            if ok:
-                return port
-        raise RuntimeError("no TCP port free on all of 127.0.0.10-19")
-
     def start(self) -> W3World:
-        try:
-            self.dns.start()
-            for s in self.all_sinks:
-                s.start()
-        except BaseException:
-            self.stop()
-            raise
+        start_all(self.dns, self.all_sinks)
         return self
 
     def stop(self) -> None:
-        for s in self.all_sinks:
-            try:
-                s.stop()
-            except Exception:  # keep stopping the others
-                pass
-        self.dns.stop()
+        stop_all(self.dns, self.all_sinks)
 
 
 def read_events(path: Path) -> list[dict[str, Any]]:

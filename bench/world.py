@@ -104,51 +104,61 @@ class QuietDnsServer(DnsServer):
         return "\n".join(line for line in super().config_text().splitlines() if line != "log-queries") + "\n"
 
 
+def common_port(hosts: list[str]) -> int:
+    """A TCP port free on every one of ``hosts`` (the sinks of a world share one port)."""
+    import socket
+
+    for _ in range(20):
+        port = free_port(hosts[0])
+        ok = True
+        for h in hosts[1:]:
+            with socket.socket() as s:
+                try:
+                    s.bind((h, port))
+                except OSError:
+                    ok = False
+                    break
+        if ok:
+            return port
+    raise RuntimeError(f"no TCP port free on all of {hosts[0]}..{hosts[-1]}")
+
+
+def start_all(dns: Any, services: list[Any]) -> None:
+    """Start DNS then every service; on any failure stop what started and re-raise."""
+    try:
+        dns.start()
+        for s in services:
+            s.start()
+    except BaseException:
+        stop_all(dns, services)
+        raise
+
+
+def stop_all(dns: Any, services: list[Any]) -> None:
+    for s in services:
+        try:
+            s.stop()
+        except Exception:  # keep stopping the others
+            pass
+    dns.stop()
+
+
 class World:
     """dnsmasq on 127.0.0.9 + 8 smtp-sinks on 127.0.0.10-17 (same port). A context manager."""
 
     def __init__(self, ttl_s: int = 3600, log_queries: bool = False) -> None:
-        self.port = self._common_port()
+        self.port = common_port(SINK_HOSTS)
         cls = DnsServer if log_queries else QuietDnsServer
         self.dns = cls.from_domain_mix(DOMAIN_MIX, site_ips=spread_sites(SINK_HOSTS), listen=DNS_HOST,
                                              ttl_s=ttl_s)
         self.sinks = [SmtpSink(h, self.port) for h in SINK_HOSTS]
 
-    @staticmethod
-    def _common_port() -> int:
-        import socket
-
-        for _ in range(20):
-            port = free_port(SINK_HOSTS[0])
-            ok = True
-            for h in SINK_HOSTS[1:]:
-                with socket.socket() as s:
-                    try:
-                        s.bind((h, port))
-                    except OSError:
-                        ok = False
-                        break
-            if ok:
-                return port
-        raise RuntimeError("no TCP port free on all of 127.0.0.10-17")
-
     def start(self) -> "World":
-        try:
-            self.dns.start()
-            for s in self.sinks:
-                s.start()
-        except BaseException:
-            self.stop()
-            raise
+        start_all(self.dns, self.sinks)
         return self
 
     def stop(self) -> None:
-        for s in self.sinks:
-            try:
-                s.stop()
-            except Exception:  # keep stopping the others
-                pass
-        self.dns.stop()
+        stop_all(self.dns, self.sinks)
 
     def counters(self) -> dict[str, int]:
         tot = {"sess": 0, "quit": 0, "mesg": 0}

@@ -3,8 +3,9 @@
 Contract: events reach this writer only from the spool outbox, after the transaction that made
 them committed. Each event carries its outbox ``event_seq``; at start the writer reads the last
 complete line of the file to learn the highest sequence already written, so events replayed from
-the outbox after a crash are skipped instead of written twice. Lines are rendered by structlog's
-serializer (orjson, directly: this is a per-recipient hot path), one ``write`` per batch. "-" writes to stderr (no replay check possible).
+the outbox after a crash are skipped instead of written twice. Lines are serialised with orjson
+directly (a per-recipient hot path), one ``write`` per batch. "-" writes to stderr (no replay
+check possible). Rotation: ``obs/rotation.py``.
 """
 
 from __future__ import annotations

@@ -135,7 +135,6 @@ class Manager:
         self.commits = 0
         self.last_tick: dict[str, Any] = {}
         self._outbox_written = 0
-        self.on_shutdown_request: Callable[[], None] | None = None
 
     @property
     def spool_executor(self) -> ThreadPoolExecutor:

@@ -77,13 +77,13 @@ class ReadyQueues:
     def room(self, site: str, flow: Flow) -> int:
         return max(0, min(self.flow_max - self._flow_count.get((site, flow), 0), self.total_max - len(self._keys)))
 
-    def stage(self, job: StagedJob, *, front: bool = False) -> None:
+    def stage(self, job: StagedJob, *, counted: bool = False) -> None:
         """Add a job (its recipients count against the flow and total bounds)."""
         q = self._queues.get(job.site)
         if q is None:
             q = self._queues[job.site] = FairQueue()
         q.push(job, job.priority, job.tenant, job.campaign)
-        if not front:
+        if not counted:
             key = (job.site, job.flow)
             self._flow_count[key] = self._flow_count.get(key, 0) + len(job.items)
             for it in job.items:
@@ -103,7 +103,7 @@ class ReadyQueues:
 
     def push_back(self, job: StagedJob) -> None:
         """Return a popped (or split-off) job whose recipients are still counted as staged."""
-        self.stage(job, front=True)
+        self.stage(job, counted=True)
 
     def release(self, job: StagedJob) -> None:
         """The job's recipients left the ready queues (dispatched or failed)."""

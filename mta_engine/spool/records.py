@@ -79,6 +79,20 @@ def parse_queue_id(text: str) -> tuple[int, int | None]:
     return msg, (int(idx) if idx else None)
 
 
+def _decode(cls: Any, data: bytes, kind: str) -> Any:
+    """A versioned list record as ``cls``; SpoolCorrupt for anything else."""
+    try:
+        v, *fields = msgpack.unpackb(data, raw=False)
+    except Exception as exc:
+        raise SpoolCorrupt(f"undecodable {kind} record: {exc}") from exc
+    if v != SCHEMA_VERSION:
+        raise SpoolCorrupt(f"{kind} record version {v} is not supported")
+    try:
+        return cls(*fields)
+    except TypeError as exc:  # wrong number of fields
+        raise SpoolCorrupt(f"undecodable {kind} record: {exc}") from exc
+
+
 @dataclass(slots=True)
 class Message:
     """A message: envelope sender, labels, and a count of recipients not yet final."""
@@ -112,15 +126,7 @@ class Message:
 
     @classmethod
     def decode(cls, data: bytes) -> "Message":
-        try:
-            v, *fields = msgpack.unpackb(data, raw=False)
-            if v != 1:
-                raise SpoolCorrupt(f"message record version {v} is not supported")
-            return cls(*fields)
-        except SpoolCorrupt:
-            raise
-        except Exception as exc:
-            raise SpoolCorrupt(f"undecodable message record: {exc}") from exc
+        return _decode(cls, data, "message")  # type: ignore[no-any-return]
 
 
 @dataclass(slots=True)
@@ -153,15 +159,7 @@ class Recipient:
 
     @classmethod
     def decode(cls, data: bytes) -> "Recipient":
-        try:
-            v, *fields = msgpack.unpackb(data, raw=False)
-            if v != 1:
-                raise SpoolCorrupt(f"recipient record version {v} is not supported")
-            return cls(*fields)
-        except SpoolCorrupt:
-            raise
-        except Exception as exc:
-            raise SpoolCorrupt(f"undecodable recipient record: {exc}") from exc
+        return _decode(cls, data, "recipient")  # type: ignore[no-any-return]
 
     @property
     def domain(self) -> str:
