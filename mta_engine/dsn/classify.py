@@ -380,9 +380,64 @@ def _split_raw(raw: str) -> tuple[int | None, str | None, str]:
 _Entry = tuple["Callable[[str], re.Match[str] | None] | None", bool, bool, Rule]
 
 
+def _required_literals(pattern: re.Pattern[str]) -> tuple[str, ...] | None:
+    """Strings of which at least one occurs in every text ``pattern`` matches, or None.
+
+    For each top-level alternative, the longest run of plain literals outside any repeat or group
+    (``'gr[ae]y-?list'`` gives ``'y'``... too short, so None; ``'mailbox (is )?full|over ?quota'``
+    gives ``('mailbox ', 'quota')``). Runs under 3 characters make the answer None: they would
+    pass nearly every text. Uses the stdlib's regex parser (``re._parser``); any surprise there
+    also gives None, which only costs speed.
+    """
+    try:
+        from re import _parser  # type: ignore[attr-defined]
+
+        tree = _parser.parse(pattern.pattern, pattern.flags)
+        items = list(tree)
+        branches = items[0][1][1] if len(items) == 1 and items[0][0] is _parser.BRANCH else [items]
+        found = []
+        for branch in branches:
+            best = run = ""
+            for op, arg in branch:
+                if op is _parser.LITERAL:
+                    run += chr(arg)
+                    best = max(best, run, key=len)
+                else:
+                    run = ""
+            if len(best) < 3:
+                return None
+            found.append(best)
+        return tuple(found)
+    except Exception:  # noqa: BLE001 - a private parser changing shape must not break classification
+        return None
+
+
 def _search_of(rule: Rule) -> Callable[[str], re.Match[str] | None] | None:
+    """The rule's text search; with a literal pre-check when the pattern has required literals.
+
+    ``lit in text`` costs tens of nanoseconds against about 0.3 µs for a ``search`` call, and most
+    rules do not match most replies (about 20% faster for unique replies, bench/classify_bench).
+    """
     pattern = rule.folded if rule.folded is not None else rule.text
-    return pattern.search if pattern is not None else None
+    if pattern is None:
+        return None
+    search = pattern.search
+    literals = _required_literals(pattern) if rule.folded is not None else None
+    if literals is None:
+        return search
+    if len(literals) == 1:
+        (lit,) = literals
+
+        def one(text: str) -> re.Match[str] | None:
+            return search(text) if lit in text else None
+        return one
+
+    def several(text: str) -> re.Match[str] | None:
+        for lit in literals:
+            if lit in text:
+                return search(text)
+        return None
+    return several
 
 
 class Classifier:

@@ -4,6 +4,7 @@ raw multi-line replies, the labelled provider corpus, and the `classify` command
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from collections import Counter
@@ -19,6 +20,10 @@ from mta_engine.dsn.classify import (
     Classification,
     Classifier,
     Permanence,
+    _default_rules,
+    _required_literals,
+    _search_of,
+    _split_raw,
     load_rules,
     parse_rules,
 )
@@ -433,3 +438,43 @@ def test_cli_user_rules_and_bad_rule_file(tmp_path: Path) -> None:
     bad = write_rules(tmp_path, '[[rule]]\nname = "x"\ncategory = "bogus"\n', "bad.toml")
     proc = run_cli([], "--rules", str(bad))
     assert proc.returncode == 2 and "bad.toml" in proc.stderr and proc.stdout == ""
+
+
+# --------------------------------------------------------------- literal pre-check (speed only)
+def _corpus_texts() -> list[str]:
+    rows = [json.loads(line) for line in CORPUS.read_text().splitlines() if line.strip()]
+    return [_split_raw(row["reply"])[2].casefold() for row in rows]
+
+
+def test_literal_precheck_never_changes_a_rule_match() -> None:
+    """The ``lit in text`` shortcut answers exactly as the rule's regex on every corpus text."""
+    texts = _corpus_texts()
+    checked = 0
+    for rule in _default_rules():
+        if rule.folded is None:
+            continue
+        search = _search_of(rule)
+        assert search is not None
+        for text in texts:
+            assert (search(text) is None) == (rule.folded.search(text) is None), (rule.name, text)
+            checked += 1
+    assert checked > 1000
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from(["mailbox ", "full", "over", " quota", "is ", "rate", " limit", "greylist",
+                                 "grey-list", "try again", " later", "user unknown", "x", " ", "5.1.1",
+                                 "spam", "blocked", "(s3150)", "rfc 5322 compliant", "dmarc"]), max_size=8))
+def test_literal_precheck_agrees_with_regex_on_generated_text(parts: list[str]) -> None:
+    text = "".join(parts)
+    for rule in _default_rules():
+        if rule.folded is not None:
+            search = _search_of(rule)
+            assert search is not None
+            assert (search(text) is None) == (rule.folded.search(text) is None), (rule.name, text)
+
+
+def test_required_literals_of_simple_patterns() -> None:
+    assert _required_literals(re.compile("mailbox (is )?full|over ?quota")) == ("mailbox ", "quota")
+    assert _required_literals(re.compile("gr[ae]y-?list|ab")) is None  # "ab" is too short to help
+    assert _required_literals(re.compile(r"\bspf\b")) == ("spf",)
