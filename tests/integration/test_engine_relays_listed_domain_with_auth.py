@@ -10,6 +10,7 @@ from tests.integration.test_relay_auth_over_tls import HOST, Relay, _server_cont
 from tests.support.certs import make_certs
 from tests.support.dnsmasq import DnsServer
 from tests.support.engine import Engine
+from tests.support.procs import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -34,6 +35,34 @@ def test_engine_relays_listed_domain_with_auth(tmp_path: Path) -> None:
             assert "AHVzZXIAcGFzcw" not in log and "'pass'" not in log  # credentials never logged
         assert relay.logins == [("PLAIN", "user", True)]
         assert [rcpts for _, rcpts, _ in relay.envelopes] == [["x@relayed.test"]]
+    finally:
+        controller.stop()
+        dns.stop()
+
+
+def test_engine_defers_with_4_7_0_when_the_relay_refuses_auth(tmp_path: Path) -> None:
+    """A 535 from the smarthost defers the recipient (451 4.7.0), never bounces it; the password stays out of the log."""
+    certs = make_certs(tmp_path / "certs", [HOST])
+    relay = Relay()
+    controller = _start(relay, tls_context=_server_context(certs), require_starttls=True, auth_required=True)
+    dns = DnsServer(mx={}, a={}, listen="127.0.0.52").start()
+    try:
+        extra = {"relay": {"host": HOST, "port": controller.port, "tls": "starttls", "verify": True,
+                           "ca_file": certs.ca_file, "username": "user", "password": "wrong-secret",
+                           "domains": ["relayed.test"]},
+                 "queue": {"retry_intervals_s": [30.0]}}
+        with Engine(tmp_path / "engine", dns_port=dns.port, dns_host=dns.host, smtp_port=controller.port,
+                    workers=1, extra=extra) as eng:
+            eng.inject({"envelope_sender": "a@sender.test", "content": "From: a@sender.test\n\nhi\n",
+                        "recipients": ["x@relayed.test"]})
+            (deferral,) = wait_for(lambda: eng.events("TransientFailure") or None, 60, what="the deferral")
+            assert deferral["recipient"] == "x@relayed.test"
+            assert deferral["code"] == 451 and deferral["enhanced"] == "4.7.0", deferral
+            assert "535" in deferral["response"], deferral
+            assert eng.final_events() == []
+            log = eng.log_text() + eng.accounting_path.read_text()
+            assert "wrong-secret" not in log and "d3Jvbmctc2VjcmV0" not in log  # nor its base64
+        assert relay.logins == [("PLAIN", "user", False)] and relay.envelopes == []
     finally:
         controller.stop()
         dns.stop()
