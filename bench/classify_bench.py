@@ -48,6 +48,25 @@ def measure(batch: Callable[[], int], seconds: float) -> dict[str, float]:
     return {"classifications": done, "elapsed_s": round(elapsed, 3), "per_s": round(done / elapsed)}
 
 
+def readme_section(doc: dict[str, Any]) -> str:
+    """The bench/results/README.md section for one classify result (bench/run.py's write_readme)."""
+    labels = {
+        "reply_unique": "`classify_reply` on unique raw replies (headline; target ≥ 50,000)",
+        "reply_repeated": "`classify_reply`, repeated replies (cache hits)",
+        "parsed_nocache": "`classify`, parsed replies, cache off (the rule engine alone)",
+        "parsed_cached": "`classify`, parsed replies, cache on",
+    }
+    rows = "\n".join(f"| {labels.get(name, name)} | {fig['per_s']:,} |" for name, fig in doc["modes"].items())
+    return f"""## Bounce classifier ({doc['date']}, `{doc['command']}`)
+
+{doc['rules']} rules over the {doc['corpus']['replies']}-reply corpus.
+
+| mode | classifications/s |
+|---|---|
+{rows}
+"""
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.classify_bench", description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=float, default=0.75, help="time per mode (default 0.75 s)")

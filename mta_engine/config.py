@@ -25,6 +25,8 @@ class SpoolConfig:
     path: str = "var/spool"
     map_size_mb: int = 16384
     """LMDB map size (sparse file; the upper bound of the spool, not what it uses)."""
+    sync: bool = True
+    """fsync every commit (durable). false = relaxed: safe against killed processes, not power loss."""
 
 
 @dataclass(frozen=True)

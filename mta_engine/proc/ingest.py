@@ -55,7 +55,7 @@ class ManagerNotice:
 
 async def ingest_main(cfg: Config) -> int:
     loop = asyncio.get_running_loop()
-    spool = Spool(cfg.spool.path, map_size_mb=cfg.spool.map_size_mb)
+    spool = Spool(cfg.spool.path, map_size_mb=cfg.spool.map_size_mb, sync=cfg.spool.sync)
     committer = GroupCommitter(spool, batch_max=cfg.http.commit_batch_max, on_commit=ManagerNotice(cfg.ipc_path))
     app = make_app(committer, max_request_mb=cfg.http.max_request_mb)
     path, handler = make_bsmtp_route(committer)

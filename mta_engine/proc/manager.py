@@ -23,7 +23,7 @@ log = structlog.get_logger("manager")
 
 async def manager_main(cfg: Config) -> int:
     loop = asyncio.get_running_loop()
-    spool = Spool(cfg.spool.path, map_size_mb=cfg.spool.map_size_mb)
+    spool = Spool(cfg.spool.path, map_size_mb=cfg.spool.map_size_mb, sync=cfg.spool.sync)
     resolver = Resolver(cfg.dns.nameservers or None, port=cfg.dns.port, timeout_s=cfg.dns.timeout_s)
     acct = AccountingLog(cfg.log.accounting, max_bytes=cfg.log.accounting_max_bytes,
                          max_age_s=cfg.log.accounting_max_age_s, keep=cfg.log.accounting_keep)

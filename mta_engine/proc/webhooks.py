@@ -207,7 +207,7 @@ async def webhooks_main(cfg: Config) -> int:
         log.info("webhooks_idle", pid=os.getpid(), reason="no [[webhooks.endpoint]] configured")
         await stop.wait()
         return 0
-    spool = Spool(cfg.spool.path, map_size_mb=cfg.spool.map_size_mb)
+    spool = Spool(cfg.spool.path, map_size_mb=cfg.spool.map_size_mb, sync=cfg.spool.sync)
     try:
         await WebhookService(wcfg, spool).run(stop)
     finally:

@@ -2,7 +2,8 @@
 
 Contract: the only module that opens LMDB. Writers are the ingest process (new messages only)
 and the manager (all state transitions); LMDB serialises them. Workers open the spool
-read-only to read bodies. Commits are synced (``sync=True``): a commit that returned is on disk.
+read-only to read bodies. Commits are synced (``sync=True``): a commit that returned is on disk; ``[spool] sync = false``
+(relaxed, for benchmarks and throwaway mail) leaves the flush to the OS.
 lmdb errors are translated here into ``SpoolError``/``SpoolFull``.
 
 Named databases:
@@ -37,15 +38,20 @@ DB_NAMES = ("meta", "msg", "body", "rcpt", "due", "inflight", "outbox", "corrupt
 class Spool:
     """An open spool. ``readonly`` for workers; one instance per process."""
 
-    def __init__(self, path: str | os.PathLike[str], *, map_size_mb: int = 16384, readonly: bool = False) -> None:
+    def __init__(self, path: str | os.PathLike[str], *, map_size_mb: int = 16384, readonly: bool = False,
+                 sync: bool = True) -> None:
+        """``sync=False`` is the relaxed mode (``[spool] sync = false``): commits reach the OS page
+        cache but are not fsynced, so a killed process loses nothing and a machine crash may lose
+        the last seconds of commits."""
         self.path = Path(path)
         self.readonly = readonly
+        self.synced = sync
         try:
             if not readonly:
                 self.path.mkdir(parents=True, exist_ok=True)
             self.env = lmdb.open(
                 str(self.path), map_size=map_size_mb << 20, max_dbs=len(DB_NAMES) + 2,
-                readonly=readonly, sync=True, metasync=True, readahead=False, max_readers=512,
+                readonly=readonly, sync=sync, metasync=sync, readahead=False, max_readers=512,
                 subdir=True, create=not readonly,
             )
             self.dbs: dict[str, Any] = {}
