@@ -9,6 +9,9 @@ says, per recipient, which reply applies to it. Scope rules (ARCHITECTURE invari
 - session: a 421 (§3.8) or a lost/timed-out connection (treated as 451, §3.8) applies to every
   recipient not yet finally answered. A connection lost after the final dot is UNKNOWN: the
   message may have been delivered (§4.5.3.2.6, §6.1).
+- LMTP (RFC 2033 §4.2): after the data each accepted recipient has its own reply
+  (``result.data_rcpts``), which applies to that recipient only; one never answered because the
+  connection went is UNKNOWN, as above.
 
 An outcome tuple is ``(index, code, enhanced, text, phase, unknown)``.
 """
@@ -87,6 +90,13 @@ def transaction_outcomes(indexes: Sequence[int], result: Any) -> tuple[list[Outc
     else:
         again = []
     data = result.data
+    try:
+        per_rcpt = result.data_rcpts  # LMTP only; None for SMTP
+    except AttributeError:  # a result value without the field (SMTP)
+        per_rcpt = None
+    if per_rcpt is not None and result.phase == "payload":
+        _lmtp_outcomes(indexes, result.rcpts, per_rcpt, out, lost)
+        return out, again
     for index in accepted:
         if data is None or data.code in (354, 421):
             unknown = result.phase == "payload" and (data is None or data.code == 354)
@@ -94,3 +104,17 @@ def transaction_outcomes(indexes: Sequence[int], result: Any) -> tuple[list[Outc
         else:
             out.append(_reply_outcome(index, data, "data"))
     return out, again
+
+
+def _lmtp_outcomes(indexes: Sequence[int], rcpts: Sequence[Any], replies: Sequence[Any], out: list[Outcome],
+                   lost: Any) -> None:
+    """Each accepted recipient's own reply after the data (RFC 2033 §4.2); none = unknown."""
+    for n, index in enumerate(indexes):
+        rcpt = rcpts[n] if n < len(rcpts) else None
+        if rcpt is None or not 200 <= rcpt.code < 300:
+            continue
+        reply = replies[n] if n < len(replies) else None
+        if reply is None:
+            out.append(lost(index, "data", True))
+        else:
+            out.append(_reply_outcome(index, reply, "data"))

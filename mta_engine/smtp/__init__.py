@@ -8,7 +8,7 @@ into bytes and bytes into events. ``LocalProtocolError`` means the caller misuse
 from mta_engine.smtp._state import State
 from mta_engine.smtp.address import envelope_needs_smtputf8, wire_address
 from mta_engine.smtp.body import PreparedMessage, data_payload, dot_stuff, has_8bit, normalize_crlf, unstuff
-from mta_engine.smtp.connection import ClientConnection
+from mta_engine.smtp.connection import ClientConnection, LmtpConnection
 from mta_engine.smtp.events import (
     NEED_DATA,
     Bdat,
@@ -43,6 +43,7 @@ __all__ = [
     "Event",
     "Helo",
     "Lhlo",
+    "LmtpConnection",
     "MailFrom",
     "Noop",
     "Payload",

@@ -4,7 +4,8 @@ Contract: ``SEND`` says which command may be sent in which state and where it le
 ``ON_REPLY`` says where the reply to a command leads, by reply kind. Anything not in ``SEND``
 is illegal and ``next_state_on_send`` raises ``LocalProtocolError``. The send transitions are
 optimistic (they assume success, so a pipelined group can be checked before any reply);
-replies then correct the state. Pure: no I/O.
+replies then correct the state. ``LMTP_SEND`` is the same table for LMTP (RFC 2033), and
+``PER_RECIPIENT_REPLIES`` names the commands LMTP answers once per accepted recipient. Pure: no I/O.
 """
 
 from __future__ import annotations
@@ -36,7 +37,9 @@ from mta_engine.smtp.reply import Reply
 
 __all__ = [
     "GROUP_MAY_CONTINUE",
+    "LMTP_SEND",
     "ON_REPLY",
+    "PER_RECIPIENT_REPLIES",
     "SEND",
     "ReplyKind",
     "State",
@@ -98,14 +101,15 @@ def reply_kind(reply: Reply) -> ReplyKind:
 
 
 _HELLO = (Ehlo, Helo, Lhlo)
+_SMTP_HELLO = (Ehlo, Helo)
 
-# (state, command type) -> state after sending. Absent = illegal (LocalProtocolError).
+# (state, command type) -> state after sending, for SMTP. Absent = illegal (LocalProtocolError).
 SEND: Final[dict[tuple[State, type[Command]], State]] = {
-    **{(State.GREETED, c): State.EHLO_SENT for c in _HELLO},
+    **{(State.GREETED, c): State.EHLO_SENT for c in _SMTP_HELLO},
     (State.GREETED, Noop): State.GREETED,
     (State.GREETED, Quit): State.QUIT_SENT,
     (State.REFUSED, Quit): State.QUIT_SENT,
-    **{(State.READY, c): State.EHLO_SENT for c in _HELLO},
+    **{(State.READY, c): State.EHLO_SENT for c in _SMTP_HELLO},
     (State.READY, MailFrom): State.MAIL_SENT,
     (State.READY, Rset): State.READY,
     (State.READY, Noop): State.READY,
@@ -132,6 +136,19 @@ SEND: Final[dict[tuple[State, type[Command]], State]] = {
     (State.BDAT_SENT, Bdat): State.BDAT_SENT,
     (State.BDAT_SENT, BdatLast): State.PAYLOAD_SENT,
 }
+
+# The same table for LMTP: LHLO replaces EHLO and HELO, which are not LMTP commands (RFC 2033 §4.1);
+# everything else is SMTP's (RFC 2033 §4: LMTP uses the syntax and semantics of ESMTP).
+LMTP_SEND: Final[dict[tuple[State, type[Command]], State]] = {
+    **{key: state for key, state in SEND.items() if key[1] not in _SMTP_HELLO},
+    (State.GREETED, Lhlo): State.EHLO_SENT,
+    (State.READY, Lhlo): State.EHLO_SENT,
+}
+
+# LMTP: the end of the data (the final dot, or BDAT LAST, which ends the data the same way, RFC 3030
+# §2) is answered once per RCPT that was accepted, in RCPT order (RFC 2033 §4.2); once when none was.
+# The state moves only with the last of those replies (the ON_REPLY row of the command).
+PER_RECIPIENT_REPLIES: Final[frozenset[type[Command]]] = frozenset({Payload, BdatLast})
 
 # (command type or None for the greeting, reply kind) -> state, applied when the reply answers the
 # last pending command (earlier replies of a pipelined group do not move the optimistic state).
@@ -182,10 +199,15 @@ ON_REPLY: Final[dict[tuple[type[Command] | None, ReplyKind], State]] = {
 GROUP_MAY_CONTINUE: Final[frozenset[type[Command]]] = frozenset({MailFrom, RcptTo, Rset, Bdat})
 
 
-def next_state_on_send(state: State, command: Command) -> State:
-    """Return the state after sending ``command`` in ``state``; raise if that is illegal."""
+def next_state_on_send(
+    state: State, command: Command, table: dict[tuple[State, type[Command]], State] = SEND
+) -> State:
+    """Return the state after sending ``command`` in ``state``; raise if that is illegal.
+
+    ``table`` is ``SEND`` (SMTP) or ``LMTP_SEND``.
+    """
     try:
-        return SEND[(state, type(command))]
+        return table[(state, type(command))]
     except KeyError:
         raise LocalProtocolError(f"cannot send {type(command).__name__} in state {state.name}") from None
 

@@ -7,16 +7,22 @@ reply is matched, in order, to the command it answers; the first reply is the gr
 means. It fails two ways: ``LocalProtocolError`` when the caller asks for something the state
 table (``_state.py``) or RFC 2920 pipelining rules forbid, and ``RemoteProtocolError`` when
 the server sends something that is not SMTP (after which the connection is in ``ERROR``).
+``LmtpConnection`` is the same for LMTP (RFC 2033): LHLO, and one reply per accepted recipient
+after the data.
 """
 
 from __future__ import annotations
 
 from collections import deque
 from collections.abc import Sequence
+from itertools import repeat
 
 from mta_engine.errors import LocalProtocolError, RemoteProtocolError
 from mta_engine.smtp._state import (
     GROUP_MAY_CONTINUE,
+    LMTP_SEND,
+    PER_RECIPIENT_REPLIES,
+    SEND,
     State,
     next_state_on_reply,
     next_state_on_send,
@@ -32,12 +38,14 @@ from mta_engine.smtp.events import (
     Event,
     Helo,
     Lhlo,
+    MailFrom,
+    RcptTo,
     Replied,
     StartTls,
 )
 from mta_engine.smtp.reply import Reply, ReplyParser
 
-__all__ = ["ClientConnection", "parse_extensions", "parse_size_limit"]
+__all__ = ["ClientConnection", "LmtpConnection", "parse_extensions", "parse_size_limit"]
 
 _PIPELINING = "PIPELINING"  # RFC 2920 §3: EHLO keyword that allows command groups
 _SIZE = "SIZE"  # RFC 1870 §3
@@ -72,6 +80,7 @@ class ClientConnection:
     """One SMTP client session's protocol state, fed and drained by an I/O driver."""
 
     __slots__ = ("state", "extensions", "pending", "authenticated", "_parser", "_eof")
+    _send_table = SEND  # the legal moves (LmtpConnection: LMTP_SEND)
 
     def __init__(self) -> None:
         self.state: State = State.CONNECTED
@@ -110,7 +119,7 @@ class ClientConnection:
 
     def _apply_send(self, command: Command) -> bytes:
         wire = command.to_bytes()
-        self.state = next_state_on_send(self.state, command)
+        self.state = next_state_on_send(self.state, command, self._send_table)
         self.pending.append(command)
         if type(command) in (Ehlo, Helo, Lhlo):
             self.extensions = {}  # a new EHLO replaces everything we knew (RFC 5321 §4.1.1.1)
@@ -150,9 +159,9 @@ class ClientConnection:
                     f"{type(command).__name__} must be the last command of a group (RFC 2920 §3.1)"
                 )
         self._may_send()
-        state = self.state
+        state, table = self.state, self._send_table
         for command in commands:  # dry run: all-or-nothing
-            state = next_state_on_send(state, command)
+            state = next_state_on_send(state, command, table)
         return b"".join([self._apply_send(command) for command in commands])
 
     def receive_data(self, data: bytes) -> None:
@@ -203,3 +212,41 @@ class ClientConnection:
         elif type(command) in (Ehlo, Lhlo) and reply.is_success:
             self.extensions = parse_extensions(reply)
         return Replied(command, reply)
+
+
+class LmtpConnection(ClientConnection):
+    """One LMTP client session (RFC 2033): ``LMTP_SEND`` legality (LHLO, never EHLO or HELO) and,
+    after the final dot or BDAT LAST, one reply per RCPT accepted in that transaction, in RCPT
+    order (§4.2), each reported as ``Replied`` for the payload command; the state leaves
+    ``PAYLOAD_SENT`` with the last of them. A 421 among them closes the session as in SMTP. The
+    SMTP class runs none of this.
+    """
+
+    __slots__ = ("rcpts_accepted",)
+    _send_table = LMTP_SEND
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rcpts_accepted = 0  # RCPTs accepted so far in the current transaction
+
+    def __repr__(self) -> str:
+        return "<Lmtp" + super().__repr__()[len("<Client"):]
+
+    def _match(self, reply: Reply) -> Replied:
+        pending = self.pending
+        if pending and self.state is not State.CONNECTED:
+            answered = type(pending[0])
+            if answered is RcptTo:
+                if reply.is_success:
+                    self.rcpts_accepted += 1
+            elif answered is MailFrom:
+                self.rcpts_accepted = 0  # a new transaction (RFC 5321 §4.1.1.2)
+            elif answered in PER_RECIPIENT_REPLIES:
+                # The first of the per-recipient replies (RFC 2033 §4.2): from now on the command
+                # is pending once per reply still due, so ordering, "last" and the state table
+                # work exactly as for distinct commands.
+                extra = self.rcpts_accepted - 1
+                self.rcpts_accepted = 0
+                if extra > 0:
+                    pending.extendleft(repeat(pending[0], extra))
+        return super()._match(reply)
