@@ -13,20 +13,28 @@ handshake for the accounting log. Modes:
 - ``verify``: like ``required`` plus PKIX validation and a host name check against the MX name
   (RFC 6125; MTA-STS enforce, RFC 8461 §4.2); ``ca_file`` adds a trust anchor (tests).
 
+DANE (RFC 7672): ``TlsPolicy.for_dane(records, names)`` is ``required`` (no PKIX check in the
+handshake) plus the MX host's usable TLSA records; the session matches the server's chain
+(``peer_chain``) against them after the handshake (``delivery/dane.py``) and aborts on a
+mismatch with ``TlsNegotiationError(fallback_ok=False)``. ``tls_info`` then says ``dane`` and
+which record matched.
+
 Never reads the network; fails only by raising from ``context()`` on an unreadable CA file.
 """
 
 from __future__ import annotations
 
 import ssl
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Literal
 
+from mta_engine.delivery.dane import DaneMatch, TlsaRecord
 from mta_engine.errors import TlsError
 from mta_engine.smtp.reply import Reply
 
-__all__ = ["TlsMode", "TlsNegotiationError", "TlsPolicy", "peer_common_name", "tls_info"]
+__all__ = ["TlsMode", "TlsNegotiationError", "TlsPolicy", "peer_chain", "peer_common_name", "tls_info"]
 
 TlsMode = Literal["none", "opportunistic", "required", "verify"]
 _MODES = ("none", "opportunistic", "required", "verify")
@@ -48,15 +56,25 @@ class TlsNegotiationError(TlsError):
 
 @dataclass(frozen=True, slots=True)
 class TlsPolicy:
-    """How one session uses TLS: ``mode``, ``implicit`` (TLS from the first byte) and a test CA."""
+    """How one session uses TLS: ``mode``, ``implicit`` (TLS from the first byte), a test CA, and
+    for DANE the TLSA records with the names a DANE-TA certificate may carry."""
 
     mode: TlsMode = "none"
     implicit: bool = False  # RFC 8314 §3.3: port 465 submission to a smarthost
     ca_file: str | None = None  # extra trust anchor for "verify" (tests, private CAs)
+    dane: tuple[TlsaRecord, ...] | None = None  # usable TLSA records (RFC 7672): match after the handshake
+    dane_names: tuple[str, ...] = ()  # reference identifiers for DANE-TA (RFC 7672 §3.2.2)
 
     def __post_init__(self) -> None:
         if self.mode not in _MODES:
             raise ValueError(f"unknown TLS mode {self.mode!r}; expected one of {_MODES}")
+        if self.dane is not None and (self.mode != "required" or not self.dane):
+            raise ValueError("a DANE policy is mode 'required' with at least one TLSA record")
+
+    @classmethod
+    def for_dane(cls, records: Sequence[TlsaRecord], names: Sequence[str]) -> TlsPolicy:
+        """TLS required, no PKIX in the handshake, the chain matched against ``records`` after it."""
+        return cls("required", dane=tuple(records), dane_names=tuple(names))
 
     @property
     def wants_starttls(self) -> bool:
@@ -90,18 +108,47 @@ def _context(verify: bool, ca_file: str | None) -> ssl.SSLContext:
     return ctx
 
 
-def tls_info(ssl_object: Any, *, verified: bool) -> dict[str, Any] | None:
-    """``{"version", "cipher", "verified", "peer_cn"}`` of a finished handshake, or None."""
+def tls_info(ssl_object: Any, *, verified: bool, dane: DaneMatch | None = None) -> dict[str, Any] | None:
+    """``{"version", "cipher", "verified", "peer_cn", "dane"}`` of a finished handshake, or None;
+    ``dane`` is True when a TLSA record authenticated the server, and ``dane_record`` says which."""
     if ssl_object is None:
         return None
     cipher = ssl_object.cipher()
     der = ssl_object.getpeercert(binary_form=True)
-    return {
+    info = {
         "version": ssl_object.version(),
         "cipher": cipher[0] if cipher else None,
-        "verified": verified,
+        "verified": verified or (dane is not None and dane.ok),
         "peer_cn": peer_common_name(der) if der else None,
+        "dane": dane is not None and dane.ok,
     }
+    if dane is not None and dane.record is not None:
+        info["dane_record"] = str(dane.record)
+    return info
+
+
+def peer_chain(ssl_object: Any) -> list[bytes]:
+    """The certificates the server sent, leaf first, as DER; unverified (DANE checks them).
+
+    Python 3.13 has ``SSLObject.get_unverified_chain()``; 3.11 and 3.12 have it only on the
+    private ``_sslobj`` (``_ssl._SSLSocket``), returning ``_ssl.Certificate`` objects. Without
+    either, only the leaf, which is enough for DANE-EE.
+    """
+    getter = getattr(ssl_object, "get_unverified_chain", None)
+    if getter is None:
+        getter = getattr(getattr(ssl_object, "_sslobj", None), "get_unverified_chain", None)
+    if getter is not None:
+        try:
+            chain = getter()
+        except (ssl.SSLError, ValueError, AttributeError):
+            chain = None
+        if chain:
+            return [c if isinstance(c, bytes) else c.public_bytes(_ENCODING_DER) for c in chain]
+    der = ssl_object.getpeercert(binary_form=True)
+    return [der] if der else []
+
+
+_ENCODING_DER = getattr(ssl, "_ssl").ENCODING_DER  # _ssl.Certificate.public_bytes format (3.10+)
 
 
 # --- a minimal DER walk for the subject CN (the stdlib only decodes verified certificates) ---

@@ -25,10 +25,11 @@ import ipaddress
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Any, Generic, NamedTuple, TypeVar
 
 import dns.asyncresolver
 import dns.exception
+import dns.flags
 import dns.message
 import dns.rdatatype
 import dns.resolver
@@ -68,6 +69,25 @@ class _Failure:
 class _Entry(Generic[_T]):
     expires_at: float  # monotonic, from the injected clock
     value: _T | _Failure
+
+
+class TlsaAnswer(NamedTuple):
+    """TLSA records as (usage, selector, matching type, data), whether authenticated, TTL."""
+
+    records: tuple[tuple[int, int, int, bytes], ...]
+    authenticated: bool
+    ttl_s: float  # the answer's TTL, or the negative TTL when there are no records
+
+
+@dataclass(frozen=True, slots=True)
+class AuthenticatedAnswer:
+    """One DO/AD query's outcome: the rdata, the AD bit, the TTL (negative TTL when empty)."""
+
+    rdatas: tuple[Any, ...]
+    authenticated: bool
+    ttl_s: float
+    nxdomain: bool
+    canonical: str = ""  # the owner after CNAMEs (lower case, no trailing dot), when there is an answer
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,7 +139,9 @@ class Resolver:
         self._max_entries = max_entries
         self._mx_cache: dict[str, _Entry[MxPlan]] = {}
         self._addr_cache: dict[str, _Entry[list[str]]] = {}
+        self._txt_cache: dict[str, _Entry[list[str]]] = {}
         self._inflight: dict[tuple[str, str], asyncio.Task[object]] = {}
+        self._dns_ad: dns.asyncresolver.Resolver | None = None  # DO+AD queries (DANE), made on first use
 
     def __repr__(self) -> str:
         return (
@@ -153,6 +175,17 @@ class Resolver:
             raise DnsError(str(exc), permanent=False, enhanced=ENHANCED_DNS_TRANSIENT) from exc
         return list(await self._cached(self._addr_cache, "addr", name, self._lookup_addresses))
 
+    async def resolve_txt(self, name: str) -> list[str]:
+        """Texts of ``name``'s TXT records (each record's strings joined), [] when it has none.
+
+        NXDOMAIN and NODATA are [] (cached for the negative TTL); SERVFAIL or a timeout raises a
+        transient ``DnsError``. ``name`` may hold underscore labels (``_mta-sts.example.com``).
+        """
+        key = name.strip().lower().rstrip(".")
+        if not key or ".." in key:
+            raise DnsError(f"bad TXT name {name!r}", permanent=False, enhanced=ENHANCED_DNS_TRANSIENT)
+        return list(await self._cached(self._txt_cache, "txt", key, self._lookup_txt))
+
     def cached_plan(self, domain: str) -> MxPlan | None:
         """Return the unexpired cached plan for ``domain`` without any lookup, else None."""
         try:
@@ -163,6 +196,63 @@ class Resolver:
         if entry is None or entry.expires_at <= self._clock() or isinstance(entry.value, _Failure):
             return None
         return entry.value
+
+    async def resolve_tlsa(self, name: str) -> TlsaAnswer:
+        """TLSA records at ``name`` (``_25._tcp.<mx host>``, RFC 7672 §2.2.3) and whether the
+        resolver authenticated them (AD bit, RFC 4035 §3.2.3); NXDOMAIN/NODATA = no records.
+        SERVFAIL (a validating resolver's answer to bogus data), REFUSED and timeouts raise a
+        transient ``DnsError``. Not cached here: ``routing/dane.py`` caches by ``ttl_s``."""
+        answer = await self.resolve_authenticated(name, dns.rdatatype.TLSA)
+        records = tuple((int(r.usage), int(r.selector), int(r.mtype), bytes(r.cert)) for r in answer.rdatas)
+        return TlsaAnswer(records, answer.authenticated, answer.ttl_s)
+
+    async def resolve_authenticated(self, name: str, rdtype: dns.rdatatype.RdataType) -> AuthenticatedAnswer:
+        """One uncached query with DO and AD set (RFC 6840 §5.7); the answer says whether the
+        resolver validated it. The AD bit is trusted as is: ``[dns] nameservers`` must be a
+        validating resolver reached over a trusted path (typically on this host), as for
+        Postfix's ``smtp_dns_support_level = dnssec``. Errors map as in ``_query``."""
+        label = dns.rdatatype.to_text(rdtype)
+        resolver = self._dnssec_resolver()
+        if not resolver.nameservers:
+            raise DnsError(f"{name} {label}: no nameservers configured", permanent=False,
+                           enhanced=ENHANCED_DNS_TRANSIENT)
+        try:
+            async with self._slots:
+                answer = await resolver.resolve(name.rstrip(".") + ".", rdtype, raise_on_no_answer=False,
+                                                search=False)
+        except dns.resolver.NXDOMAIN as exc:
+            responses = list(exc.responses().values())
+            ad = bool(responses) and all(r.flags & dns.flags.AD for r in responses)
+            neg = _soa_negative_ttl(responses[0]) if responses else None
+            return AuthenticatedAnswer((), ad, neg if neg is not None else self._negative_ttl_s, nxdomain=True)
+        except dns.resolver.NoNameservers as exc:  # SERVFAIL (bogus, indeterminate) or REFUSED
+            raise DnsError(f"{name} {label}: nameservers failed", permanent=False,
+                           enhanced=ENHANCED_DNS_TRANSIENT) from exc
+        except dns.exception.Timeout as exc:
+            raise DnsError(f"{name} {label}: timed out", permanent=False, enhanced=ENHANCED_DNS_TRANSIENT) from exc
+        except dns.exception.DNSException as exc:
+            raise DnsError(f"{name} {label}: {type(exc).__name__}: {exc}", permanent=False,
+                           enhanced=ENHANCED_DNS_TRANSIENT) from exc
+        ad = bool(answer.response.flags & dns.flags.AD)
+        rrset = answer.rrset
+        if rrset is None:
+            neg = _soa_negative_ttl(answer.response)
+            return AuthenticatedAnswer((), ad, neg if neg is not None else self._negative_ttl_s, nxdomain=False)
+        ttl_s = float(min([rrset.ttl, *(r.ttl for r in answer.response.answer)]))
+        canonical = _name_text(answer.canonical_name)
+        return AuthenticatedAnswer(tuple(rrset), ad, ttl_s, nxdomain=False, canonical=canonical)
+
+    def _dnssec_resolver(self) -> dns.asyncresolver.Resolver:
+        """A twin of the main resolver whose queries carry DO and AD; the main one stays lean."""
+        if self._dns_ad is None:
+            twin = dns.asyncresolver.Resolver(configure=False)
+            twin.nameservers = list(self._dns.nameservers)
+            twin.port, twin.lifetime, twin.timeout = self._dns.port, self._dns.lifetime, self._dns.timeout
+            twin.cache = None
+            twin.use_edns(0, dns.flags.DO, 1232)  # DNS flag day 2020 buffer size
+            twin.flags = dns.flags.RD | dns.flags.AD
+            self._dns_ad = twin
+        return self._dns_ad
 
     # ------------------------------------------------------------------ cache + dedup
 
@@ -268,6 +358,18 @@ class Resolver:
             return self._negative(failure, records)
         return self._positive(addrs[0], addrs[1])
 
+    async def _lookup_txt(self, name: str) -> _Entry[list[str]]:
+        try:
+            records = await self._query(name, dns.rdatatype.TXT)
+        except DnsError as err:
+            return self._transient(err)
+        if not records.items:  # NXDOMAIN or NODATA: a plain "none", not an error
+            ttl_s = self._negative_ttl_s
+            if records.negative_ttl_s is not None:
+                ttl_s = min(records.negative_ttl_s, ttl_s)
+            return _Entry(self._clock() + max(ttl_s, MIN_TTL_S), [])
+        return self._positive([text for _, text in records.items], records.ttl_s)
+
     async def _addresses(
         self, name: str, *, ipv6: bool = True
     ) -> tuple[tuple[list[str], float] | None, _Records | None]:
@@ -344,6 +446,8 @@ class Resolver:
         for rdata in rrset:
             if rdtype == dns.rdatatype.MX:
                 items.append((int(rdata.preference), _name_text(rdata.exchange)))
+            elif rdtype == dns.rdatatype.TXT:  # one record may be split into several strings
+                items.append((0, b"".join(rdata.strings).decode("utf-8", "replace")))
             else:
                 items.append((0, str(rdata.address)))
         return _Records(tuple(items), ttl_s, nxdomain=False, negative_ttl_s=None)
