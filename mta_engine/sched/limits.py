@@ -17,15 +17,29 @@ Contract: pure data resolution, no I/O. The config shape (parsed TOML, handed in
     pattern = "*.yahoodns.net"      # fnmatch on any MX host name or on the site key
     new_connections_per_minute = 30
 
+    [[sched.site]]
+    domain = "gmail.com"
+    source = "192.0.2.10"           # only this egress source's lane (a string or a list)
+    messages_per_minute = 60        # e.g. an IP still warming up
+
 Each override has exactly one selector and any limit keys; keys it does not name keep the value
 from the less specific layers. Precedence, least to most specific: defaults < pattern < site <
 domain; among overrides of the same kind, later ones win. Bad data raises ``ConfigError``
 naming the override and the key.
+
+Egress sources (``[delivery] sources``): the limits hold per (site, source) *lane*, as providers
+count per sending IP (PowerMTA's per-virtual-MTA domain queues, KumoMTA's egress paths). An
+override may name ``source`` (IP addresses) as well as, or instead of, a selector: it then applies
+only to those sources' lanes, and sits just above the same layer without ``source`` (a
+``source``-only override sits just above the defaults). Source overrides may set only the keys of
+a lane (``LANE_KEYS``); what is decided before a lane is chosen (recipients per transaction, max
+age) is per site.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
@@ -33,10 +47,15 @@ from typing import Any
 
 from ..errors import ConfigError
 
-__all__ = ["LimitTable", "SiteLimits"]
+__all__ = ["LANE_KEYS", "LimitTable", "SiteLimits"]
 
 SELECTORS = ("domain", "site", "pattern")
 """Override kinds, most specific first."""
+SOURCE = "source"
+"""The qualifier that narrows an override to some egress sources' lanes."""
+LANE_KEYS = frozenset({"max_connections", "max_messages_per_connection", "messages_per_minute",
+                       "messages_per_hour", "new_connections_per_minute", "initial_connections", "shared"})
+"""Limit keys a ``source`` override may set: those of one (site, source) lane."""
 
 
 @dataclass(frozen=True)
@@ -54,10 +73,17 @@ class SiteLimits:
     """Slow start begins with this many concurrent sessions."""
     max_age_s: float = 5 * 86400.0
     """Give up on a recipient this long after it was queued (RFC 5321 §4.5.4.1: 4-5 days)."""
+    shared: bool = False
+    """The message rates are fleet-wide: every engine instance takes them from one shared bucket
+    (``[redis]``); per (site, source) lane when sources are configured."""
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
             v = getattr(self, f.name)
+            if f.type in ("bool", bool):
+                if not isinstance(v, bool):
+                    raise ValueError(f"{f.name}: expected true or false, got {v!r}")
+                continue
             if isinstance(v, bool) or not isinstance(v, (int, float)):
                 raise ValueError(f"{f.name}: expected a number, got {v!r}")
             if f.type in ("int", int) and not isinstance(v, int):
@@ -80,6 +106,12 @@ class SiteLimits:
     @classmethod
     def keys(cls) -> tuple[str, ...]:
         return tuple(f.name for f in dataclasses.fields(cls))
+
+    @property
+    def shared_rate_per_s(self) -> float:
+        """The rate a shared bucket enforces: the tighter of the minute and hour rates (0 = none)."""
+        rates = [r for r in (self.messages_per_minute / 60.0, self.messages_per_hour / 3600.0) if r > 0]
+        return min(rates) if rates else 0.0
 
     def updated(self, data: Mapping[str, Any]) -> SiteLimits:
         """These limits with the keys in ``data`` replaced; ``ValueError`` on unknown keys or bad values."""
@@ -110,9 +142,23 @@ class SiteLimits:
 @dataclass(frozen=True)
 class _Override:
     kind: str
+    """A selector, or ``"source"`` for an override with no selector (every site)."""
     values: tuple[str, ...]
     limits: Mapping[str, Any]
     index: int
+    sources: frozenset[str] | None = None
+    """Only these egress sources' lanes (normalised IP text); None = every lane."""
+
+    @property
+    def layer(self) -> int:
+        """Precedence, least specific first: source-only, pattern, pattern+source, ..., domain+source."""
+        if self.kind == SOURCE:
+            return 0
+        return 1 + 2 * (len(SELECTORS) - 1 - SELECTORS.index(self.kind)) + (self.sources is not None)
+
+
+def _norm_ip(text: str) -> str:
+    return str(ipaddress.ip_address(text.strip()))
 
 
 def _norm_host(name: str) -> str:
@@ -128,25 +174,40 @@ class LimitTable:
         self.defaults = defaults if defaults is not None else SiteLimits()
         self._overrides: list[_Override] = [self._parse(i, o) for i, o in enumerate(overrides)]
 
+    @staticmethod
+    def _strings(where: str, key: str, raw: Any) -> list[str]:
+        values = [raw] if isinstance(raw, str) else raw
+        if not isinstance(values, list) or not values or not all(isinstance(v, str) and v.strip() for v in values):
+            raise ConfigError(f"{where}: {key}: expected a non-empty string or list of strings")
+        return values
+
     def _parse(self, index: int, data: Mapping[str, Any]) -> _Override:
         where = f"sched.site[{index}]"
         if not isinstance(data, Mapping):
             raise ConfigError(f"{where}: must be a table")
         kinds = [k for k in SELECTORS if k in data]
-        if len(kinds) != 1:
-            raise ConfigError(f"{where}: needs exactly one of {', '.join(SELECTORS)} (got {kinds or 'none'})")
-        kind = kinds[0]
+        if len(kinds) > 1 or (not kinds and SOURCE not in data):
+            raise ConfigError(f"{where}: needs exactly one of {', '.join(SELECTORS)} (got {kinds or 'none'})"
+                              f" or a {SOURCE}")
+        sources = None
+        if SOURCE in data:
+            try:
+                sources = frozenset(_norm_ip(v) for v in self._strings(where, SOURCE, data[SOURCE]))
+            except ValueError as exc:
+                raise ConfigError(f"{where}: {SOURCE}: expected IP addresses ({exc})") from None
+        kind = kinds[0] if kinds else SOURCE
         raw = data[kind]
-        values = [raw] if isinstance(raw, str) else raw
-        if not isinstance(values, list) or not values or not all(isinstance(v, str) and v.strip() for v in values):
-            raise ConfigError(f"{where}: {kind}: expected a non-empty string or list of strings")
-        limits = {k: v for k, v in data.items() if k != kind}
+        values = self._strings(where, kind, raw)
+        limits = {k: v for k, v in data.items() if k not in (kind, SOURCE)}
         try:
             self.defaults.updated(limits)  # validate now, so a bad override fails at load time
         except (ValueError, TypeError) as exc:
             raise ConfigError(f"{where} ({kind} = {raw!r}): {exc}") from None
-        norm = tuple(_norm_host(v) for v in values)
-        return _Override(kind, norm, limits, index)
+        if sources is not None and set(limits) - LANE_KEYS:
+            raise ConfigError(f"{where}: {sorted(set(limits) - LANE_KEYS)} cannot be set per {SOURCE}"
+                              f" (per source: {', '.join(sorted(LANE_KEYS))})")
+        norm = tuple(_norm_host(v) for v in values) if kind != SOURCE else tuple(sorted(sources or ()))
+        return _Override(kind, norm, limits, index, sources)
 
     @classmethod
     def from_config(cls, sched: Mapping[str, Any] | None, defaults: SiteLimits | None = None) -> LimitTable:
@@ -165,29 +226,50 @@ class LimitTable:
             raise ConfigError("sched.site: must be an array of tables ([[sched.site]])")
         return cls(base, sites)
 
-    def matching(self, site: str, domains: Iterable[str], mx_hosts: Iterable[str]) -> list[_Override]:
-        """The overrides that apply, in the order they are layered (least specific first)."""
+    def matching(self, site: str, domains: Iterable[str], mx_hosts: Iterable[str],
+                 source: str | None = None) -> list[_Override]:
+        """The overrides that apply, in the order they are layered (least specific first).
+
+        ``source`` is the lane's egress source IP; None (no sources configured, or the site as a
+        whole) matches only overrides without ``source``.
+        """
         site_n = _norm_host(site)
         domain_set = {_norm_host(d) for d in domains}
         hosts = [_norm_host(h) for h in mx_hosts] + [site_n]
-        found: dict[str, list[_Override]] = {k: [] for k in SELECTORS}
+        src = _norm_ip(source) if source is not None else None
+        found: list[_Override] = []
         for o in self._overrides:
-            if o.kind == "domain":
+            if o.sources is not None and src not in o.sources:
+                continue
+            if o.kind == SOURCE:
+                hit = True
+            elif o.kind == "domain":
                 hit = any(v in domain_set for v in o.values)
             elif o.kind == "site":
                 hit = site_n in o.values
             else:
                 hit = any(fnmatchcase(h, v) for v in o.values for h in hosts)
             if hit:
-                found[o.kind].append(o)
-        return [o for kind in reversed(SELECTORS) for o in found[kind]]
+                found.append(o)
+        found.sort(key=lambda o: o.layer)  # stable: config order within a layer
+        return found
 
-    def for_site(self, site: str, domains: Iterable[str], mx_hosts: Iterable[str]) -> SiteLimits:
-        """Defaults, then pattern, site and domain overrides (later of one kind over earlier)."""
+    def for_site(self, site: str, domains: Iterable[str], mx_hosts: Iterable[str],
+                 source: str | None = None) -> SiteLimits:
+        """Defaults, then pattern, site and domain overrides (later of one kind over earlier);
+        with ``source``, the overrides for that egress source too (see the module docstring)."""
         merged: dict[str, Any] = {}
-        for o in self.matching(site, domains, mx_hosts):
+        for o in self.matching(site, domains, mx_hosts, source):
             merged.update(o.limits)
         return self.defaults.updated(merged) if merged else self.defaults
+
+    def sources(self) -> set[str]:
+        """Every egress source some override names (to check them against ``[delivery] sources``)."""
+        return {s for o in self._overrides if o.sources is not None for s in o.sources}
+
+    def any_shared(self) -> bool:
+        """Whether the defaults or any override asks for a fleet-wide (shared) rate."""
+        return self.defaults.shared or any(o.limits.get("shared") is True for o in self._overrides)
 
     def __len__(self) -> int:
         return len(self._overrides)

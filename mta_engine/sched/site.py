@@ -1,10 +1,12 @@
 """One site's control state: how many jobs may start now, and how feedback changes that.
 
 Contract: pure bookkeeping for the manager, which owns one ``SiteState`` per site key (the MX
-set, ``routing.mx.site_key``). Every method takes ``now`` (float seconds); nothing here reads a
-clock, sleeps or logs. Mode changes are appended to ``self.changes`` as ``ModeChange`` tuples
-``(now, site, old_mode, new_mode, cause)``; the manager drains the list and logs each one
-(``site_mode_changed``). Recovery steps are appended too, with ``old_mode == new_mode``.
+set, ``routing.mx.site_key``) and egress source: a *lane* (``SiteLanes`` groups a site's lanes;
+without ``[delivery] sources`` a site has one lane, source None). Every method takes ``now``
+(float seconds); nothing here reads a clock, sleeps or logs. Mode changes are appended to
+``self.changes`` as ``ModeChange`` tuples ``(now, site, old_mode, new_mode, cause, source)``; the
+manager drains the list and logs each one (``site_mode_changed``). Recovery steps are appended
+too, with ``old_mode == new_mode``.
 
 It combines, per site:
 
@@ -15,7 +17,10 @@ It combines, per site:
   by the rule's factors for ``rule.backoff_s``; then each ``rule.step_s`` without new throttling
   moves them halfway back to the configured limits, until within 1/16 of them (NORMAL again);
 - SUSPENDED by an operator: nothing is dispatched; queued recipients keep aging (the manager
-  still expires them).
+  still expires them);
+- optionally a fleet-wide message rate (``SiteLimits.shared``): ``LeasedTokens`` from a shared
+  bucket gate dispatch as well; while the shared store is unreachable the lane falls back to its
+  local buckets at ``1 / fleet_size`` of the configured rate (``set_shared_up``).
 
 Accounting unit: a *job* (one message, up to ``max_recipients_per_transaction`` recipients, one
 session slot). ``on_dispatch`` counts jobs started; ``on_result`` is called once per job.
@@ -28,14 +33,15 @@ from __future__ import annotations
 
 import enum
 import math
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
+from .lease import LeasedTokens
 from .limits import SiteLimits
 from .signals import Rule
 from .throttle import EPSILON, TokenBucket, default_burst, per_hour, per_minute
 from .window import ConcurrencyWindow, SiteHealth
 
-__all__ = ["Mode", "ModeChange", "RESULT_KINDS", "SiteLimits", "SiteState"]
+__all__ = ["Mode", "ModeChange", "RESULT_KINDS", "SiteLanes", "SiteLimits", "SiteState"]
 
 MIN_LEVEL = 1.0 / 64
 """Repeated throttling never lowers a limit below this fraction of the configured one."""
@@ -62,6 +68,8 @@ class ModeChange(NamedTuple):
     old_mode: Mode
     new_mode: Mode
     cause: str
+    source: str | None = None
+    """The lane's egress source (None without sources)."""
 
 
 def _unlimited(now: float) -> TokenBucket:
@@ -80,8 +88,11 @@ class SiteState:
     """Per-site dispatch control: window, rates, health, backoff and suspension."""
 
     def __init__(self, site: str, limits: SiteLimits, now: float, *, cohort: int = 5, dead_s: float = 300.0,
-                 max_dead_s: float = 3600.0, idle_s: float = 10.0, rethrottle_gap_s: float = 60.0) -> None:
+                 max_dead_s: float = 3600.0, idle_s: float = 10.0, rethrottle_gap_s: float = 60.0,
+                 source: str | None = None) -> None:
         self.site = site
+        self.source = source
+        """The egress source this lane sends from; None = any (no sources configured)."""
         self.limits = limits
         self.window = ConcurrencyWindow(limits.max_connections, limits.initial_connections)
         self.health = SiteHealth(cohort=cohort, dead_s=dead_s, max_dead_s=max_dead_s)
@@ -105,6 +116,12 @@ class SiteState:
         self.per_minute = _unlimited(now)
         self.per_hour = _unlimited(now)
         self.new_connections = _unlimited(now)
+        self.shared: LeasedTokens | None = None
+        """Tokens of the fleet-wide rate (``limits.shared`` with a shared store configured)."""
+        self.shared_up = True
+        self.fleet_share = 1.0
+        """The part of the configured rate the local buckets allow: 1, or 1/fleet size while the
+        shared store is unreachable."""
         self._apply_levels(now)
         self._mode = Mode.NORMAL
         self.changes: list[ModeChange] = []
@@ -127,14 +144,15 @@ class SiteState:
     def _refresh(self, now: float, cause: str, *, always: bool = False) -> None:
         new = self._compute_mode(now)
         if new is not self._mode or always:
-            self.changes.append(ModeChange(now, self.site, self._mode, new, cause))
+            self.changes.append(ModeChange(now, self.site, self._mode, new, cause, self.source))
             self._mode = new
 
     def _apply_levels(self, now: float) -> None:
         lim = self.limits
         self.window.set_limit(max(1, math.floor(lim.max_connections * self.concurrency_level)))
-        for bucket, rate in ((self.per_minute, per_minute(lim.messages_per_minute) * self.rate_level),
-                             (self.per_hour, per_hour(lim.messages_per_hour) * self.rate_level),
+        level = self.rate_level * self.fleet_share
+        for bucket, rate in ((self.per_minute, per_minute(lim.messages_per_minute) * level),
+                             (self.per_hour, per_hour(lim.messages_per_hour) * level),
                              (self.new_connections,
                               per_minute(lim.new_connections_per_minute) * self.concurrency_level)):
             bucket.set_rate(rate, now, burst=default_burst(rate))
@@ -169,6 +187,10 @@ class SiteState:
                          f" (limit {self.window.limit})", always=True)
 
     # -- dispatch ------------------------------------------------------------------------------
+    def warm(self, now: float) -> bool:
+        """True while a recently finished job's session may still be pooled by a worker."""
+        return bool(self._warm_slots(now))
+
     def _warm_slots(self, now: float) -> int:
         self._warm = [t for t in self._warm if t > now]
         return len(self._warm)
@@ -182,8 +204,30 @@ class SiteState:
         if room <= 0:
             return 0
         messages = min(_floor(self.per_minute.available(now)), _floor(self.per_hour.available(now)))
+        if self.shared is not None and self.shared_up:
+            messages = min(messages, _floor(self.shared.available(now)))
         connections = self._warm_slots(now) + _floor(self.new_connections.available(now))
         return int(max(0, min(room, messages, connections)))
+
+    def message_room(self, now: float) -> int:
+        """How many messages the rates allow now, at least 1 (a large number when unlimited): the
+        most one job may carry before it is split."""
+        room = 1 << 30
+        for bucket in (self.per_minute, self.per_hour):
+            if not bucket.unlimited:
+                room = min(room, max(1, int(bucket.available(now))))
+        if self.shared is not None and self.shared_up:
+            room = min(room, max(1, int(self.shared.available(now) + EPSILON)))
+        return room
+
+    def charge(self, now: float, n_messages: int) -> None:
+        """Charge ``n_messages`` more messages to the rates (a job carries more than one)."""
+        if n_messages <= 0:
+            return
+        self.per_minute.spend(now, n_messages)
+        self.per_hour.spend(now, n_messages)
+        if self.shared is not None and self.shared_up:
+            self.shared.spend(now, n_messages)
 
     def on_dispatch(self, now: float, n_messages: int = 1) -> None:
         """Count ``n_messages`` jobs started now (rates are charged even past ``can_dispatch``)."""
@@ -194,8 +238,7 @@ class SiteState:
         reused = min(warm, n_messages)
         del self._warm[warm - reused:]  # the most recently freed ones
         self.new_connections.spend(now, n_messages - reused)
-        self.per_minute.spend(now, n_messages)
-        self.per_hour.spend(now, n_messages)
+        self.charge(now, n_messages)
         self.in_flight += n_messages
 
     def next_ready_s(self, now: float) -> float:
@@ -210,6 +253,8 @@ class SiteState:
         if self.window.value - self.in_flight <= 0:
             return math.inf
         waits = [self.per_minute.wait_s(now), self.per_hour.wait_s(now)]
+        if self.shared is not None and self.shared_up:
+            waits.append(self.shared.wait_s(now))
         if not self._warm_slots(now):
             waits.append(self.new_connections.wait_s(now))
         return max(waits)
@@ -284,6 +329,14 @@ class SiteState:
         self.limits = limits
         self._apply_levels(now)
 
+    def set_shared_up(self, now: float, up: bool, fleet_size: int = 1) -> None:
+        """The shared store answers (``up``: the fleet-wide lease gates dispatch) or not (the local
+        buckets alone, at ``1 / fleet_size`` of the configured rate, so the fleet still keeps it)."""
+        self.tick(now)
+        self.shared_up = up
+        self.fleet_share = 1.0 if up else 1.0 / max(1, fleet_size)
+        self._apply_levels(now)
+
     def drain_changes(self) -> list[ModeChange]:
         """The mode changes since the last call, oldest first."""
         out, self.changes = self.changes, []
@@ -294,5 +347,112 @@ class SiteState:
         rates = [r for r in (lim.messages_per_minute * self.rate_level,
                              lim.messages_per_hour * self.rate_level / 60) if r > 0]
         rate = f"{min(rates):.4g}/min" if rates else "unlimited"
-        return (f"<SiteState {self.site} mode={self._mode.name} window={self.window.value}/{self.window.limit}"
+        if self.shared is not None:
+            rate += " shared" if self.shared_up else f" local-{self.fleet_share:.2g}"
+        site = self.site if self.source is None else f"{self.site} via {self.source}"
+        return (f"<SiteState {site} mode={self._mode.name} window={self.window.value}/{self.window.limit}"
                 f" in_flight={self.in_flight} rate={rate} level={self.rate_level:.2f}/{self.concurrency_level:.2f}>")
+
+
+_MODE_ORDER = (Mode.SUSPENDED, Mode.DEAD, Mode.BACKOFF)
+
+
+class SiteLanes:
+    """One site's lanes: a ``SiteState`` per egress source, each with the site's limits (a provider
+    counts per sending IP), so with N sources the site may carry up to N times a lane's limits.
+
+    Without sources there is one lane (source None) and this adds nothing but one indirection.
+    The manager asks ``rooms`` once per round and ``pick``s a lane per job: round robin among the
+    lanes with room left, so the sources share the work evenly. Site-wide actions (operator
+    suspension, a throttle the operator applies) go to every lane.
+    """
+
+    __slots__ = ("site", "lanes", "_next")
+
+    def __init__(self, site: str, lanes: list[SiteState], start: int = 0) -> None:
+        if not lanes:
+            raise ValueError("a site needs at least one lane")
+        self.site = site
+        self.lanes = lanes
+        self._next = start % len(lanes)
+        """The lane tried first by the next ``pick``; ``start`` staggers sites (a site with one
+        job at a time would otherwise always send from the first source)."""
+
+    @property
+    def limits(self) -> SiteLimits:
+        """The site-wide limits (max age, recipients per transaction: the same in every lane)."""
+        return self.lanes[0].limits
+
+    @property
+    def mode(self) -> Mode:
+        """The lanes' mode when they agree; else the most restrictive one any lane is in."""
+        modes = {lane.mode for lane in self.lanes}
+        if len(modes) == 1:
+            return modes.pop()
+        return next(m for m in _MODE_ORDER if m in modes)
+
+    @property
+    def in_flight(self) -> int:
+        return sum(lane.in_flight for lane in self.lanes)
+
+    @in_flight.setter
+    def in_flight(self, n: int) -> None:
+        self._only_lane("in_flight").in_flight = n
+
+    def _only_lane(self, name: str) -> SiteState:
+        if len(self.lanes) != 1:
+            raise AttributeError(f"{name}: {self.site} has {len(self.lanes)} lanes (one per source); ask a lane")
+        return self.lanes[0]
+
+    def __getattr__(self, name: str) -> Any:
+        """A site with one lane (no sources) answers as that lane, so code written for one
+        ``SiteState`` per site keeps working; with several lanes, ask ``lanes``."""
+        if name.startswith("__") or name in SiteLanes.__slots__:
+            raise AttributeError(name)
+        return getattr(self._only_lane(name), name)
+
+    def warm(self, now: float) -> bool:
+        """True while any lane's recently finished session may still be pooled by a worker."""
+        return any(lane.warm(now) for lane in self.lanes)
+
+    def rooms(self, now: float) -> list[int]:
+        """How many jobs each lane may start now (``SiteState.can_dispatch``), in lane order."""
+        return [lane.can_dispatch(now) for lane in self.lanes]
+
+    def pick(self, rooms: list[int]) -> SiteState | None:
+        """The next lane in turn with room left in ``rooms`` (which it decrements); None if none."""
+        n = len(self.lanes)
+        for k in range(n):
+            i = (self._next + k) % n
+            if rooms[i] > 0:
+                rooms[i] -= 1
+                self._next = (i + 1) % n
+                return self.lanes[i]
+        return None
+
+    def next_ready_s(self, now: float) -> float:
+        return min(lane.next_ready_s(now) for lane in self.lanes)
+
+    def tick(self, now: float) -> None:
+        for lane in self.lanes:
+            lane.tick(now)
+
+    def throttle(self, now: float, rule: Rule) -> None:
+        """Throttle every lane (a site-wide signal); replies on one lane throttle only that lane."""
+        for lane in self.lanes:
+            lane.throttle(now, rule)
+
+    def suspend(self, now: float, cause: str = "suspended by operator") -> None:
+        for lane in self.lanes:
+            lane.suspend(now, cause)
+
+    def resume(self, now: float, cause: str = "resumed by operator") -> None:
+        for lane in self.lanes:
+            lane.resume(now, cause)
+
+    def __repr__(self) -> str:
+        if len(self.lanes) == 1:
+            return f"<SiteLanes {self.lanes[0]!r}>"
+        windows = " ".join(f"{lane.source}={lane.window.value}/{lane.window.limit}:{lane.in_flight}"
+                           for lane in self.lanes)
+        return f"<SiteLanes {self.site} mode={self.mode.name} lanes={len(self.lanes)} {windows}>"
