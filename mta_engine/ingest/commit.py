@@ -5,20 +5,30 @@ recipients, their due-index entries and the Reception event has committed with s
 commit runs, new submissions queue up and go into the next commit together, so durability costs
 one fsync per batch, not per request. All LMDB writes happen on one dedicated thread (LMDB write
 transactions are bound to their thread); the event loop never blocks on the disk.
+
+``submit_op`` puts other work in the same commit: a function of ``(txn, now_ms)`` returning
+accounting events (the inbound listener's OOB and Feedback records, ``ingest/inbound.py``).
+With an ``OriginIndex``, each message's tenant, campaign, sender and addresses are also kept
+for correlating later bounces and complaints (``spool/origin.py``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable
 
 from ..spool import records, suppress
+from ..spool.origin import OriginIndex
 from ..spool.records import Message, Recipient, State
 from ..spool.store import Spool
 from .inject import Submission
+
+TxnOp = Callable[[Any, int], list[dict[str, Any]]]
+"""Work run inside a group commit's write transaction: ``op(txn, now_ms)`` -> events to append."""
 
 
 def _reception(msg_id: int, sub: Submission, now_ms: int) -> dict[str, Any]:
@@ -64,13 +74,15 @@ def _keep(sub: Submission, kept: list[int]) -> Submission:
                                dsn_params=None if params is None else [params[i] for i in kept])
 
 
-def write_submissions(spool: Spool, subs: list[Submission], now_ms: int) -> list[int | None]:
+def write_submissions(spool: Spool, subs: list[Submission], now_ms: int, *, origin: OriginIndex | None = None,
+                      ops: list[TxnOp] | None = None) -> list[int | None]:
     """Write submissions in one synced transaction; returns their message ids (None: nothing written).
 
     Recipients on their tenant's suppression list are refused inside the same transaction, so an
     address the manager suppressed a moment ago is never queued. After the commit, each refused
     recipient moves from ``sub.recipients`` to ``sub.failed``, with its reason in ``sub.errors``.
     A submission whose recipients are all suppressed writes nothing and gets None.
+    ``ops`` run in the same transaction, after the submissions; an op that raises fails the batch.
     """
     dbs = spool.dbs
     ids: list[int | None] = []
@@ -87,6 +99,7 @@ def write_submissions(spool: Spool, subs: list[Submission], now_ms: int) -> list
         msg_id = spool.counter_take(txn, b"next_msg", n_write) if n_write else 0
         events = []
         msg_items, body_items, rcpt_items, due_items = [], [], [], []
+        origin_items: list[tuple[bytes, bytes]] = []
         for todo in plan:
             if todo is None:
                 ids.append(None)
@@ -98,6 +111,10 @@ def write_submissions(spool: Spool, subs: list[Submission], now_ms: int) -> list
             rcpt_items.extend(r)
             due_items.extend(d)
             events.append(_reception(msg_id, todo, now_ms))
+            if origin is not None:
+                origin_items.extend(origin.items(msg_id, tenant=todo.tenant, campaign=todo.campaign,
+                                                 sender=todo.sender, created_ms=now_ms,
+                                                 addresses=[a for a, _, _ in todo.recipients]))
             msg_id += 1
         # Message ids only grow, so msg/body/rcpt keys are appends (cheap B-tree inserts).
         with txn.cursor(db=dbs["msg"]) as cur:
@@ -108,6 +125,11 @@ def write_submissions(spool: Spool, subs: list[Submission], now_ms: int) -> list
             cur.putmulti(rcpt_items, append=True)
         with txn.cursor(db=dbs["due"]) as cur:
             cur.putmulti(due_items)
+        if origin is not None:
+            origin.put(txn, origin_items)
+            origin.trim(txn, now_ms, n_write + 8)  # a little more than added: the index stays bounded
+        for op in ops or ():
+            events.extend(op(txn, now_ms))
         spool.events_append(txn, events)
     for sub, todo, refused in refusals:  # committed: now tell the submitter (HTTP answer)
         sub.failed.extend(sub.recipients[i][0] for i, _ in refused)
@@ -121,11 +143,12 @@ class GroupCommitter:
     """Batches concurrent submissions into shared synced commits."""
 
     def __init__(self, spool: Spool, *, batch_max: int = 256, clock: Callable[[], float] = time.time,
-                 on_commit: Callable[[], None] | None = None) -> None:
+                 on_commit: Callable[[], None] | None = None, origin: OriginIndex | None = None) -> None:
         self.spool = spool
+        self.origin = origin
         self.batch_max = batch_max
         self.clock = clock
-        self._pending: list[tuple[Submission, asyncio.Future[int | None]]] = []
+        self._pending: list[tuple[Submission | TxnOp, asyncio.Future[int | None]]] = []
         self._running = False
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="spool-writer")
         self.commits = 0
@@ -145,25 +168,38 @@ class GroupCommitter:
             asyncio.get_running_loop().create_task(self._drain())
         return await fut
 
+    async def submit_op(self, op: TxnOp) -> None:
+        """Run ``op`` inside the next group commit; returns once that commit is synced (or raises)."""
+        fut: asyncio.Future[int | None] = asyncio.get_running_loop().create_future()
+        self._pending.append((op, fut))
+        if not self._running:
+            self._running = True
+            asyncio.get_running_loop().create_task(self._drain())
+        await fut
+
     async def _drain(self) -> None:
         loop = asyncio.get_running_loop()
         try:
             while self._pending:
                 batch, self._pending = self._pending[: self.batch_max], self._pending[self.batch_max:]
                 now_ms = int(self.clock() * 1000)
+                subs = [s for s, _ in batch if isinstance(s, Submission)]
+                ops = [s for s, _ in batch if not isinstance(s, Submission)] or None
                 try:
-                    ids = await loop.run_in_executor(self._executor, write_submissions, self.spool,
-                                                     [s for s, _ in batch], now_ms)
+                    ids = await loop.run_in_executor(self._executor, functools.partial(
+                        write_submissions, self.spool, subs, now_ms, origin=self.origin, ops=ops))
                 except Exception as exc:  # the whole batch failed: nothing of it was committed
                     for _, fut in batch:
                         if not fut.done():
                             fut.set_exception(exc)
                     continue
                 self.commits += 1
-                self.submissions += len(batch)
+                self.submissions += len(subs)
                 if self.on_commit is not None:
                     self.on_commit()
-                for (_, fut), msg_id in zip(batch, ids):
+                found = iter(ids)
+                for item, fut in batch:
+                    msg_id = next(found) if isinstance(item, Submission) else None
                     if not fut.done():
                         fut.set_result(msg_id)
         finally:

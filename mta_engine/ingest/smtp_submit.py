@@ -34,7 +34,6 @@ import secrets
 import socket
 import ssl
 import time
-import weakref
 from dataclasses import dataclass, field
 from email.utils import formatdate
 from typing import Any, Mapping
@@ -44,6 +43,7 @@ from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
 from ..errors import ConfigError
 from ..spool import records
+from .listener import DrainingListener
 from .bsmtp import (EnvelopeRefused, MailCommand, RcptCommand, campaign_problem, header_value, message_problem,
                     parse_mail, parse_rcpt, submission_for)
 
@@ -283,35 +283,26 @@ class SubmissionSession(SMTP):  # type: ignore[misc]
         await self.push("250 2.1.5 Recipient ok")
 
 
-class SubmissionListener:
+class SubmissionListener(DrainingListener):
     """The listening socket, the shared policy and the aiosmtpd handler hooks for every session."""
+
+    kind = "submission"
 
     def __init__(self, committer: Any, cfg: SubmissionConfig, *, credentials: dict[str, Credential],
                  hostname: str, tls_context: ssl.SSLContext | None) -> None:
+        super().__init__()
         self.committer = committer
         self.cfg = cfg
         self.credentials = credentials
         self.trusted = TrustedNetworks(cfg.trusted_networks)
         self.hostname = hostname
         self.tls_context = tls_context
-        self.server: asyncio.Server | None = None
-        self.sessions: weakref.WeakSet[SubmissionSession] = weakref.WeakSet()
         self.queued = 0
         self.refused = 0
-        self._inflight = 0
-        self._idle = asyncio.Event()
-        self._idle.set()
 
     def __repr__(self) -> str:
         return (f"<SubmissionListener {self.address} sessions={len(self.sessions)} queued={self.queued} "
                 f"refused={self.refused} inflight={self._inflight}>")
-
-    @property
-    def address(self) -> tuple[str, int] | None:
-        if self.server is None or not self.server.sockets:
-            return None
-        host, port = self.server.sockets[0].getsockname()[:2]
-        return host, port
 
     def may_submit_unauthenticated(self, peer: Any) -> bool:
         if self.cfg.require_auth:
@@ -367,17 +358,12 @@ class SubmissionListener:
         sub = submission_for(envelope.mail, envelope.rcpts, text)
         sub.tenant = cred.tenant if cred else None
         sub.campaign = (cred.campaign if cred and cred.campaign else None) or campaign
-        self._inflight += 1
-        self._idle.clear()
         try:
-            msg_id = await self.committer.submit(sub)
+            with self.in_flight():
+                msg_id = await self.committer.submit(sub)
         except Exception as exc:  # any commit failure: nothing of this message was committed
             log.error("submission_commit_failed", error=str(exc), ip=peer_ip)
             return "451 4.3.0 Local error: message not queued, try again later"
-        finally:
-            self._inflight -= 1
-            if not self._inflight:
-                self._idle.set()
         if msg_id is None:  # every recipient is on the tenant's suppression list
             return "550 5.7.1 Recipients are on the suppression list: " + "; ".join(sub.errors)[:400]
         self.queued += 1
@@ -385,19 +371,6 @@ class SubmissionListener:
             log.info("submission_recipients_suppressed", count=len(sub.failed), ip=peer_ip)
         return f"250 2.0.0 Ok: queued as {records.queue_id(msg_id)}"
 
-    async def close(self, drain_timeout_s: float = 30.0) -> None:
-        """Stop accepting, let commits in flight answer their clients, then drop every session."""
-        if self.server is not None:
-            self.server.close()
-        try:
-            await asyncio.wait_for(self._idle.wait(), drain_timeout_s)
-        except asyncio.TimeoutError:
-            log.warning("submission_drain_timed_out", inflight=self._inflight)
-        for s in list(self.sessions):
-            if s.transport is not None:
-                s.transport.close()
-        if self.server is not None:
-            await self.server.wait_closed()
 
 
 def server_tls_context(cert_file: str, key_file: str) -> ssl.SSLContext:
@@ -428,7 +401,6 @@ async def start_submission(committer: Any, cfg: SubmissionConfig, loop: asyncio.
     # Resolved once: aiosmtpd would call socket.getfqdn() (a DNS lookup) per connection.
     listener = SubmissionListener(committer, cfg, credentials=credentials, hostname=hostname or socket.getfqdn(),
                                   tls_context=tls)
-    host, _, port = cfg.listen.rpartition(":")
-    listener.server = await loop.create_server(listener.session, host.strip("[]"), int(port), reuse_address=True)
+    await listener.listen(cfg.listen, loop)
     log.info("submission_listening", listen=cfg.listen, tls=tls is not None, users=len(credentials))
     return listener

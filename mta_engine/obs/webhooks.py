@@ -40,7 +40,7 @@ __all__ = [
 ]
 
 EVENT_TYPES = frozenset({"Reception", "Delivery", "Bounce", "TransientFailure", "Expiration", "AdminBounce",
-                         "SiteModeChange", "DsnFailed"})
+                         "SiteModeChange", "DsnFailed", "OOB", "Feedback"})
 """Accounting record types (KumoMTA names) an endpoint may filter on."""
 
 NO_FLOOR = 2**64 - 1

@@ -18,6 +18,8 @@ Named databases:
              transaction), written in the same transaction as the change it reports
     corrupt  undecodable records moved aside, keyed by "<db>:<hex key>"
     suppress "<tenant>\0<address>" -> suppression entry (spool/suppress.py)
+    origin   message id (+ block) -> who sent it and to whom, kept after delivery for OOB/FBL
+             correlation when [inbound] is on (spool/origin.py)
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ import lmdb
 from ..errors import SpoolCorrupt, SpoolError, SpoolFull
 from . import records
 
-DB_NAMES = ("meta", "msg", "body", "rcpt", "due", "inflight", "outbox", "corrupt", "suppress")
+DB_NAMES = ("meta", "msg", "body", "rcpt", "due", "inflight", "outbox", "corrupt", "suppress", "origin")
 
 
 class Spool:

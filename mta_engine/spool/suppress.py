@@ -10,7 +10,9 @@ No asyncio: the manager runs the handlers on its spool-writer thread and ingest 
 What adds an address (STANDARDS B03/B04): ``note_bounce`` adds it only after a *permanent*
 failure whose category is ``invalid_recipient`` or ``inactive_mailbox``. Reputation, blocklist,
 policy, auth/DMARC and TLS failures are the sender's problem and never suppress. "Mailbox full" is
-a soft bounce and never suppresses either. Operators add and remove addresses over the control
+a soft bounce and never suppresses either. The same rule applies to out-of-band bounces (the
+inbound listener, ``ingest/inbound.py``). ``note_complaint`` adds an address whose owner sent a
+feedback-loop abuse report (reason ``complaint: ...``). Operators add and remove addresses over the control
 socket, and can import or export a whole list as CSV.
 
 Case: addresses are stored and looked up lower-cased, the local part included, and IDN domains
@@ -44,7 +46,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Entry", "CsvRow", "ImportResult", "SUPPRESSING_CATEGORIES", "normalize", "is_suppressed", "add", "remove",
-    "iterate", "filter_recipients", "note_bounce", "parse_csv", "import_csv", "entries_csv", "export_csv",
+    "iterate", "filter_recipients", "note_bounce", "note_complaint", "parse_csv", "import_csv", "entries_csv", "export_csv",
     "handle_suppress_add", "handle_suppress_remove", "handle_suppress_list", "handle_suppress_import",
     "handle_suppress_export",
 ]
@@ -269,6 +271,21 @@ def note_bounce(txn: lmdb.Transaction, spool: Spool, *, tenant: str | None, addr
         return None
     reason = bounce_reason(category, code, enhanced, text)
     if not add(txn, spool, tenant, address, reason=reason, source=source, added_at_s=now_ms / 1000):
+        return None
+    return {"type": "Suppressed", "timestamp": now_ms / 1000.0, "tenant": tenant, "recipient": address,
+            "reason": reason, "source": source}
+
+
+def note_complaint(txn: lmdb.Transaction, spool: Spool, *, tenant: str | None, address: str, feedback_type: str,
+                   reporter: str | None, source: str, now_ms: int) -> dict[str, Any] | None:
+    """Suppress after a feedback-loop complaint. Returns the ``Suppressed`` event, or None when
+    the address was already listed or cannot be stored."""
+    reason = " ".join(f"complaint: {feedback_type} report{f' from {reporter}' if reporter else ''}".split())
+    reason = reason[:MAX_REASON_CHARS]
+    try:
+        if not add(txn, spool, tenant, address, reason=reason, source=source, added_at_s=now_ms / 1000):
+            return None
+    except ValueError:  # tenant and address exceed the key size: nothing to store
         return None
     return {"type": "Suppressed", "timestamp": now_ms / 1000.0, "tenant": tenant, "recipient": address,
             "reason": reason, "source": source}
