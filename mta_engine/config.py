@@ -8,6 +8,7 @@ opens sockets. Every key is documented in docs/configuration.md (kept in sync by
 from __future__ import annotations
 
 import dataclasses
+import functools
 import ipaddress
 import os
 import socket
@@ -56,11 +57,7 @@ class SubmissionConfig:
 
     def problems(self) -> list[tuple[str, str]]:
         """(key, reason) for every invalid setting; [] when the section is usable."""
-        out: list[tuple[str, str]] = []
-        if self.listen:
-            host, _, port = self.listen.rpartition(":")
-            if not host or not port.isdigit() or not 0 <= int(port) < 65536:
-                out.append(("listen", f'expected "host:port" or "" (disabled), got {self.listen!r}'))
+        out = _listen_problems(self.listen)
         if self.max_message_bytes < 1024:
             out.append(("max_message_bytes", "must be at least 1024"))
         for i, net in enumerate(self.trusted_networks):
@@ -81,6 +78,15 @@ class SubmissionConfig:
         if self.users and self.auth_require_tls and not self.tls_cert:
             out.append(("auth_require_tls", "AUTH is offered only over TLS, but tls_cert/tls_key are not set"))
         return out
+
+
+def _listen_problems(listen: str) -> list[tuple[str, str]]:
+    """``listen`` must be "host:port" (or "[v6]:port"), or "" for a disabled listener."""
+    if listen:
+        host, _, port = listen.rpartition(":")
+        if not host or not port.isdigit() or not 0 <= int(port) < 65536:
+            return [("listen", f'expected "host:port" or "" (disabled), got {listen!r}')]
+    return []
 
 
 def _label_ok(value: Any) -> bool:
@@ -107,6 +113,33 @@ def _user_problems(entry: Any) -> list[tuple[str, str]]:
             out.append((key, "is required: 1-200 printable characters" if key == "tenant"
                         else "must be 1-200 printable characters"))
     return out
+
+
+@dataclass(frozen=True)
+class InboundConfig:
+    listen: str = ""
+    """"host:port" of the listener for out-of-band bounces and feedback-loop (ARF) reports; "" = disabled."""
+    domains: list[str] = field(default_factory=list)
+    """Domains it accepts mail for (the VERP / return-path domain, the FBL address's domain)."""
+    max_message_bytes: int = 10 * 1024 * 1024
+    """Advertised as SIZE (RFC 1870); larger reports get 552 5.3.4."""
+    origin_retention_days: float = 30.0
+    """How long a message's tenant, campaign and recipients are kept to correlate late reports."""
+
+    def problems(self) -> list[tuple[str, str]]:
+        """(key, reason) for every invalid setting; [] when the section is usable."""
+        out = _listen_problems(self.listen)
+        if self.listen:
+            if not self.domains:
+                out.append(("domains", "the listener is on but accepts no domain: list the bounce/FBL domains"))
+        for i, d in enumerate(self.domains):
+            if not d or any(c in d for c in " @<>[]") or d.startswith("."):
+                out.append((f"domains[{i}]", f"expected a domain name, got {d!r}"))
+        if self.max_message_bytes < 1024:
+            out.append(("max_message_bytes", "must be at least 1024"))
+        if self.origin_retention_days <= 0:
+            out.append(("origin_retention_days", "must be positive"))
+        return out
 
 
 @dataclass(frozen=True)
@@ -156,6 +189,9 @@ class DeliveryConfig:
     sources: list[dict[str, Any]] = field(default_factory=list)
     """Egress pool: [{ip = "192.0.2.10", ehlo_name = "mta1.example.com"}, ...]; new connections take
     the sources in turn. Empty = the system's default source address and [delivery] ehlo_name."""
+    verp_domain: str = ""
+    """Non-empty: VERP envelope senders, bounces+<queue_id>.<index>@verp_domain (dsn/verp.py), so
+    out-of-band bounces name their recipient; "" = the submitted envelope sender, unchanged."""
 
 
 @dataclass(frozen=True)
@@ -169,6 +205,26 @@ class TlsConfig:
 
     def mode_for(self, domain: str) -> str:
         return str(self.per_domain.get(domain, self.mode))
+
+
+@dataclass(frozen=True)
+class MtaStsConfig:
+    enabled: bool = True
+    """Apply MTA-STS policies (RFC 8461) to MX delivery; false = never look them up."""
+    ca_file: str = ""
+    """Extra trust anchors (PEM) for the HTTPS policy fetch, on top of the system store."""
+    port: int = 443
+    """HTTPS port of mta-sts.<domain> (443 on the internet; tests point it at a local server)."""
+    fetch_timeout_s: float = 10.0
+    """Whole policy fetch (connect, TLS, response) before it counts as failed."""
+
+
+@dataclass(frozen=True)
+class DaneConfig:
+    enabled: bool = True
+    """Authenticate MX hosts by DNSSEC-validated TLSA records (DANE, RFC 7672). Trusts the AD bit
+    of [dns] nameservers, so they must be a validating resolver on a trusted path (this host);
+    a resolver that does not validate never sets AD and DANE then never applies."""
 
 
 _RELAY_TLS = ("starttls", "implicit", "none")
@@ -239,6 +295,66 @@ class RelayConfig:
         return out
 
 
+LMTP_SITE_PREFIX = "lmtp:"  # scheduling site of LMTP mail: lmtp:<endpoint>
+_SUN_PATH_OCTETS = 107  # sockaddr_un.sun_path on Linux: 108 octets with the terminating NUL
+
+
+def parse_lmtp_endpoint(text: str) -> tuple[str, int] | str:
+    """``"unix:/path"`` -> the socket path; ``"host:port"`` or ``"[IPv6]:port"`` -> (host, port).
+
+    Raises ``ValueError`` naming what is wrong. LMTP must never use TCP port 25 (RFC 2033 §1).
+    """
+    if text.startswith("unix:"):
+        path = text[len("unix:"):]
+        if not path.startswith("/"):
+            raise ValueError(f'expected "unix:/absolute/path", got {text!r}')
+        if len(path.encode()) > _SUN_PATH_OCTETS:
+            raise ValueError(f"unix socket path longer than {_SUN_PATH_OCTETS} octets: {path!r}")
+        return path
+    host, _, port = text.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not host or " " in host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f'expected "host:port", "[IPv6]:port" or "unix:/path", got {text!r}')
+    if int(port) == 25:
+        raise ValueError("LMTP must not be used on TCP port 25 (RFC 2033 §1)")
+    return host, int(port)
+
+
+@dataclass(frozen=True)
+class LmtpConfig:
+    routes: dict[str, Any] = field(default_factory=dict)
+    """Destination domain -> LMTP endpoint: "host:port", "[IPv6]:port" or "unix:/path/to/socket"."""
+
+    @functools.cached_property
+    def _endpoints(self) -> dict[str, str]:
+        return {str(d).lower().rstrip("."): str(e) for d, e in self.routes.items()}
+
+    def endpoint_for(self, domain: str) -> str | None:
+        """The LMTP endpoint that takes mail for ``domain``, or None (MX or relay delivery)."""
+        return self._endpoints.get(domain.lower().rstrip(".")) if self.routes else None
+
+    @staticmethod
+    def site(endpoint: str) -> str:
+        """The scheduling site of an endpoint: every domain routed to it shares it."""
+        return f"{LMTP_SITE_PREFIX}{endpoint}"
+
+    def problems(self) -> list[tuple[str, str]]:
+        """(key, reason) for every invalid setting; [] when the section is usable."""
+        out: list[tuple[str, str]] = []
+        for domain, endpoint in self.routes.items():
+            if not domain or any(c in domain for c in " @<>[]"):
+                out.append((f"routes.{domain}", f"expected a domain name, got {domain!r}"))
+            if not isinstance(endpoint, str):
+                out.append((f"routes.{domain}", f"expected a string endpoint, got {endpoint!r}"))
+                continue
+            try:
+                parse_lmtp_endpoint(endpoint)
+            except ValueError as exc:
+                out.append((f"routes.{domain}", str(exc)))
+        return out
+
+
 @dataclass(frozen=True)
 class QueueConfig:
     retry_first_s: float = 300.0
@@ -278,6 +394,40 @@ class SchedConfig:
     """Per-site overrides ([[sched.site]] with domain/site/pattern)."""
 
 
+_REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+
+
+@dataclass(frozen=True)
+class RedisConfig:
+    url: str = ""
+    """redis://host:port/db, rediss:// (TLS) or unix:///path; empty = no shared state (every limit is
+    local to this instance)."""
+    key_prefix: str = "mta-engine:"
+    """Prefix of every key; instances that share limits must use the same one."""
+    timeout_s: float = 0.25
+    """Longest wait for one round trip (connect included) before falling back to local limits."""
+    retry_s: float = 5.0
+    """After a failure, ask Redis again this long later (meanwhile: local limits)."""
+    fleet_size: int = 1
+    """Engine instances sharing the limits: while Redis is unreachable each keeps 1/fleet_size of a
+    shared rate, so the fleet stays within it."""
+    batch_s: float = 1.0
+    """Tokens are leased this many seconds' worth of the rate at a time; a lease lapses when not used
+    within that time."""
+
+    def problems(self) -> list[tuple[str, str]]:
+        """(key, reason) for every invalid setting; [] when the section is usable."""
+        out: list[tuple[str, str]] = []
+        if self.url and not self.url.startswith(_REDIS_SCHEMES):
+            out.append(("url", f"expected {', '.join(_REDIS_SCHEMES)}... or \"\", got {self.url!r}"))
+        for key in ("timeout_s", "retry_s", "batch_s"):
+            if not getattr(self, key) > 0:
+                out.append((key, "must be positive"))
+        if self.fleet_size < 1:
+            out.append(("fleet_size", "must be >= 1"))
+        return out
+
+
 @dataclass(frozen=True)
 class DsnConfig:
     enabled: bool = True
@@ -314,13 +464,18 @@ class Config:
     spool: SpoolConfig = field(default_factory=SpoolConfig)
     http: HttpConfig = field(default_factory=HttpConfig)
     submission: SubmissionConfig = field(default_factory=SubmissionConfig)
+    inbound: InboundConfig = field(default_factory=InboundConfig)
     control: ControlConfig = field(default_factory=ControlConfig)
     dns: DnsConfig = field(default_factory=DnsConfig)
     delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
     tls: TlsConfig = field(default_factory=TlsConfig)
+    mta_sts: MtaStsConfig = field(default_factory=MtaStsConfig)
+    dane: DaneConfig = field(default_factory=DaneConfig)
     relay: RelayConfig = field(default_factory=RelayConfig)
+    lmtp: LmtpConfig = field(default_factory=LmtpConfig)
     queue: QueueConfig = field(default_factory=QueueConfig)
     sched: SchedConfig = field(default_factory=SchedConfig)
+    redis: RedisConfig = field(default_factory=RedisConfig)
     bounce: BounceConfig = field(default_factory=BounceConfig)
     dsn: DsnConfig = field(default_factory=DsnConfig)
     webhooks: WebhookConfig = field(default_factory=WebhookConfig)
@@ -342,9 +497,12 @@ class Config:
 
 
 _SECTION_TYPES = {
-    "spool": SpoolConfig, "http": HttpConfig, "submission": SubmissionConfig, "control": ControlConfig, "dns": DnsConfig,
-    "delivery": DeliveryConfig, "tls": TlsConfig, "relay": RelayConfig, "queue": QueueConfig, "sched": SchedConfig, "bounce": BounceConfig, "dsn": DsnConfig,
+    "spool": SpoolConfig, "http": HttpConfig, "submission": SubmissionConfig, "inbound": InboundConfig, "control": ControlConfig, "dns": DnsConfig,
+    "delivery": DeliveryConfig, "tls": TlsConfig, "relay": RelayConfig, "queue": QueueConfig, "sched": SchedConfig, "redis": RedisConfig, "bounce": BounceConfig, "dsn": DsnConfig,
     "webhooks": WebhookConfig,
+    "mta_sts": MtaStsConfig,
+    "dane": DaneConfig,
+    "lmtp": LmtpConfig,
     "log": LogConfig,
 }
 
@@ -414,6 +572,18 @@ def _validate(cfg: Config) -> None:
         limits.for_site("probe", ["probe.invalid"], ["mx.probe.invalid"])
     except (ConfigError, ValueError) as exc:
         raise ConfigError(f"{cfg.source}: {exc}") from None
+    for key, why in cfg.redis.problems():
+        raise bad(f"redis.{key}", why)
+    if limits.any_shared() and not cfg.redis.url:
+        raise bad("sched", "shared = true needs [redis] url (the fleet-wide buckets live there)")
+    configured = set()
+    for src in cfg.delivery.sources:
+        try:
+            configured.add(str(ipaddress.ip_address(src.get("ip", ""))))
+        except ValueError:
+            pass  # reported below, with its index
+    for ip in sorted(limits.sources() - configured):
+        raise bad("sched.site", f"source {ip} is not in [delivery] sources")
     try:
         ThrottleRules.from_files(*cfg.sched.throttle_rules, include_default=cfg.sched.default_throttle_rules)
     except (ConfigError, OSError) as exc:
@@ -430,8 +600,15 @@ def _validate(cfg: Config) -> None:
         raise bad("queue.max_age_s", "must be positive")
     for key, why in cfg.submission.problems():
         raise bad(f"submission.{key}", why)
+    for key, why in cfg.inbound.problems():
+        raise bad(f"inbound.{key}", why)
+    verp = cfg.delivery.verp_domain
+    if verp and (any(c in verp for c in " @<>[]+") or verp.startswith(".") or "." not in verp.strip(".")):
+        raise bad("delivery.verp_domain", f'expected a domain name such as "bounce.example.com", got {verp!r}')
     for key, why in cfg.relay.problems():
         raise bad(f"relay.{key}", why)
+    for key, why in cfg.lmtp.problems():
+        raise bad(f"lmtp.{key}", why)
     try:
         cfg.webhooks.validate()
     except ConfigError as exc:
@@ -456,6 +633,12 @@ def _validate(cfg: Config) -> None:
             raise bad(key, f"must be one of {', '.join(modes)}, got {mode!r}")
     if cfg.tls.ca_file and not os.path.exists(cfg.tls.ca_file):
         raise bad("tls.ca_file", f"{cfg.tls.ca_file} does not exist")
+    if cfg.mta_sts.ca_file and not os.path.exists(cfg.mta_sts.ca_file):
+        raise bad("mta_sts.ca_file", f"{cfg.mta_sts.ca_file} does not exist")
+    if not 0 < cfg.mta_sts.port < 65536:
+        raise bad("mta_sts.port", f"expected a port 1-65535, got {cfg.mta_sts.port}")
+    if cfg.mta_sts.fetch_timeout_s <= 0:
+        raise bad("mta_sts.fetch_timeout_s", "must be positive")
     if cfg.log.level not in ("debug", "info", "warning", "error"):
         raise bad("log.level", "must be one of debug, info, warning, error")
     if cfg.log.format not in ("json", "console"):

@@ -15,16 +15,23 @@ advertised (RFC 3207), via ``loop.start_tls``; after the handshake the EHLO capa
 forgotten and EHLO is sent again (§4.2). A 454 keeps an opportunistic session in plaintext on
 the same connection; a failed opportunistic handshake is retried once in plaintext on a new
 connection when ``open(tls_fallback=True)`` (the default); required/verify raise
-``TlsNegotiationError``. Transactions given a ``PreparedMessage`` use SIZE, 8BITMIME, SMTPUTF8
+``TlsNegotiationError``; so does a DANE policy whose TLSA records do not match the server's
+chain, checked right after the handshake, before EHLO is sent again (RFC 7672 §3,
+``delivery/dane.py``). Transactions given a ``PreparedMessage`` use SIZE, 8BITMIME, SMTPUTF8
 and CHUNKING as ``smtp/transaction.py`` plans them; a refusal made locally never touches the wire.
+
+LMTP (RFC 2033): ``open(..., lmtp=True)`` returns an ``LmtpSession`` (LHLO, per-recipient replies
+after the data in ``TransactionResult.data_rcpts``), over TCP or a unix socket (``unix=True``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import datetime
 import ssl
 import time
 from collections.abc import Sequence
+from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,20 +47,23 @@ from mta_engine.errors import (
     ReplyTimeout,
 )
 from mta_engine.delivery._protocol import _SmtpProtocol
-from mta_engine.delivery.tls import TlsNegotiationError, TlsPolicy, tls_info
+from mta_engine.delivery.dane import match_chain
+from mta_engine.delivery.tls import TlsNegotiationError, TlsPolicy, peer_chain, tls_info
 from mta_engine.smtp._state import State
 from mta_engine.smtp.body import PreparedMessage
-from mta_engine.smtp.connection import ClientConnection
+from mta_engine.smtp.connection import ClientConnection, LmtpConnection
 from mta_engine.smtp.events import (
     NEED_DATA,
     AuthLogin,
     AuthPlain,
+    AuthResponse,
     Bdat,
     BdatLast,
     Command,
     Data,
     Ehlo,
     Helo,
+    Lhlo,
     Payload,
     Quit,
     Replied,
@@ -65,6 +75,7 @@ from mta_engine.smtp.transaction import DsnParams, TransactionPlan, plan_legacy,
 
 __all__ = [
     "AuthRefused",
+    "LmtpSession",
     "ServerClosingError",
     "SessionRefused",
     "SmtpSession",
@@ -79,6 +90,7 @@ _STARTTLS = "STARTTLS"  # RFC 3207 §4
 _AUTH = "AUTH"  # RFC 4954 §3: EHLO keyword, parameters = SASL mechanisms
 _CLOSING = 421  # RFC 5321 §3.8: the server is closing the channel
 _ABORT_DATA = Payload(b".\r\n")  # RFC 2920 §3.1: 354 but no recipient accepted → lone dot
+_AUTH_CANCEL = AuthResponse("*")  # RFC 4954 §4: "*" cancels an AUTH exchange; the server answers 501
 # Command-mode states from which the next transaction's leading RSET is legal (§4.1.1.5).
 _REUSABLE = frozenset({State.READY, State.MAIL_SENT, State.RCPT_SENT})
 
@@ -132,6 +144,11 @@ class TransactionResult:
     ``local`` is True when nothing was sent: ``mail`` then holds a reply made here (SIZE 552
     5.3.4, 8BITMIME 554 5.6.3, SMTPUTF8 553 5.6.7) that applies to every recipient.
     ``local_rcpts`` lists the recipients whose ``rcpts`` reply was made here (553 5.6.7).
+
+    ``data_rcpts`` is None for SMTP. For LMTP (RFC 2033 §4.2) it is aligned with ``rcpts`` and,
+    once the data was sent (``phase`` "payload"), holds each accepted recipient's own reply to it;
+    None = not accepted at RCPT, or not answered (connection lost: outcome unknown). ``data`` is
+    then the first of those replies (or the 421 that ended them).
     """
 
     mail: Reply | None
@@ -141,6 +158,7 @@ class TransactionResult:
     phase: str  # "mail" | "rcpt" | "data" | "payload" (payload = the final dot/BDAT LAST was sent)
     local: bool = False
     local_rcpts: tuple[int, ...] = ()
+    data_rcpts: list[Reply | None] | None = None
 
 
 def _accepted(result: TransactionResult) -> bool:
@@ -180,6 +198,7 @@ class SmtpSession:
         "_chunking",
         "_loop",
     )
+    _CONNECTION: type[ClientConnection] = ClientConnection  # LmtpSession: LmtpConnection
 
     def __init__(
         self,
@@ -256,8 +275,14 @@ class SmtpSession:
         chunking: bool = False,
         auth: tuple[str, str] | None = None,
         auth_without_tls: bool = False,
+        lmtp: bool = False,
+        unix: bool = False,
     ) -> SmtpSession:
         """Connect, read the greeting, say EHLO (HELO after 500/502), STARTTLS per ``tls``.
+
+        ``lmtp``: speak LMTP (RFC 2033) and return an ``LmtpSession``: LHLO instead of EHLO, with
+        no HELO fallback (any LHLO refusal is ``SessionRefused``, phase "lhlo"). ``unix``: ``host``
+        is the path of a unix-domain socket (``port`` and ``source_ip`` are not used).
 
         ``auth`` = (username, password): after EHLO (after STARTTLS and the second EHLO when TLS
         is used), authenticate with PLAIN if advertised, else LOGIN (RFC 4954, RFC 4616). Without
@@ -274,14 +299,15 @@ class SmtpSession:
         an opportunistic handshake failure is retried once in plaintext on a new connection
         and ``tls_fallback_reason`` says why. ``chunking`` allows BDAT when advertised.
         """
-        args = (host, port, ehlo_name, timeouts, source_ip, mx_name, chunking, auth, auth_without_tls)
+        args = (host, port, ehlo_name, timeouts, source_ip, mx_name, chunking, auth, auth_without_tls, unix)
+        kind = LmtpSession if lmtp else cls
         try:
-            return await cls._open_once(*args, tls)
+            return await kind._open_once(*args, tls)
         except TlsNegotiationError as exc:
             if not (exc.fallback_ok and tls_fallback) or (auth is not None and not auth_without_tls):
                 raise
             # RFC 3207 §4 / STANDARDS L01: opportunistic TLS never blocks delivery; one retry.
-            session = await cls._open_once(*args, TlsPolicy("none"))
+            session = await kind._open_once(*args, TlsPolicy("none"))
             session.tls_fallback_reason = f"TLS handshake failed: {exc}"
             return session
 
@@ -297,20 +323,25 @@ class SmtpSession:
         chunking: bool,
         auth: tuple[str, str] | None,
         auth_without_tls: bool,
+        unix: bool,
         tls: TlsPolicy,
     ) -> SmtpSession:
         loop = asyncio.get_running_loop()
-        conn = ClientConnection()
+        conn = cls._CONNECTION()
         proto = _SmtpProtocol(conn, loop)
         local_addr = (source_ip, 0) if source_ip else None
+        where = host if unix else f"{host}:{port}"
         try:
             async with asyncio.timeout(timeouts.connect_s):
-                transport, _ = await loop.create_connection(lambda: proto, host, port, local_addr=local_addr)
+                if unix:
+                    transport, _ = await loop.create_unix_connection(lambda: proto, host)
+                else:
+                    transport, _ = await loop.create_connection(lambda: proto, host, port, local_addr=local_addr)
         except TimeoutError as exc:
-            raise ConnectTimeout(f"connect to {host}:{port} timed out after {timeouts.connect_s}s") from exc
+            raise ConnectTimeout(f"connect to {where} timed out after {timeouts.connect_s}s") from exc
         except OSError as exc:
-            raise ConnectError(f"connect to {host}:{port} failed: {exc}") from exc
-        peername = transport.get_extra_info("peername")
+            raise ConnectError(f"connect to {where} failed: {exc}") from exc
+        peername = None if unix else transport.get_extra_info("peername")
         peer = str(peername[0]) if peername else host
         session = cls(conn, proto, transport, timeouts, peer=peer, mx_name=mx_name, tls=tls, chunking=chunking)
         try:
@@ -339,7 +370,11 @@ class SmtpSession:
             raise SessionRefused(reply, phase)
 
     async def _auth(self, auth: tuple[str, str], auth_without_tls: bool) -> None:
-        """RFC 4954: AUTH PLAIN (one line) if advertised, else AUTH LOGIN; raise ``AuthRefused``."""
+        """RFC 4954: AUTH PLAIN (one line) if advertised, else AUTH LOGIN; raise ``AuthRefused``.
+
+        A 334 we cannot answer is cancelled with "*" and the exchange ends in ``AuthRefused``
+        with the server's reply to the cancel (501).
+        """
         if self.tls_info is None and not auth_without_tls:
             # STANDARDS X10 / RFC 4954 §4: no credentials in plaintext; nothing is sent.
             await self._quit_best_effort()
@@ -363,6 +398,14 @@ class SmtpSession:
             raise AuthRefused(
                 Reply(504, (f"5.5.4 {self._server} offers no AUTH PLAIN or LOGIN",)), "auth"
             )
+        if reply.code == 334:
+            # RFC 4954 §4: a challenge we have no answer for (PLAIN's initial response was not
+            # taken, or LOGIN asked a third time): cancel with "*"; the server answers 501.
+            self._usable = False
+            reply = await self._command(_AUTH_CANCEL, timeout_s, ReplyTimeout, "auth")
+            if self._conn.state is State.READY:
+                await self._quit_best_effort()
+            raise AuthRefused(reply, "auth")
         if reply.code != 235:
             self._usable = False
             if self._conn.state is State.READY:
@@ -430,7 +473,17 @@ class SmtpSession:
         if transport is None:  # pragma: no cover - only for loops without TLS upgrade support
             raise TlsNegotiationError("the event loop cannot start TLS", fallback_ok=False)
         self._transport = transport
-        self.tls_info = tls_info(transport.get_extra_info("ssl_object"), verified=policy.verifies)
+        ssl_object = transport.get_extra_info("ssl_object")
+        dane = None
+        if policy.dane:  # RFC 7672 §3: authenticate by TLSA before any mail (before EHLO again)
+            names = policy.dane_names or (self.mx_name,)
+            now = datetime.datetime.now(datetime.timezone.utc)
+            dane = match_chain(peer_chain(ssl_object), policy.dane, names, now)
+            if not dane.ok:
+                self._usable = False
+                raise TlsNegotiationError(f"DANE authentication of {self._server} failed: {dane.reason}",
+                                          fallback_ok=False)
+        self.tls_info = tls_info(ssl_object, verified=policy.verifies, dane=dane)
 
     async def transaction(
         self,
@@ -638,3 +691,47 @@ class SmtpSession:
         self._usable = False
         self._closed = True
         self._transport.abort()
+
+
+class LmtpSession(SmtpSession):
+    """One LMTP session (RFC 2033), made by ``SmtpSession.open(..., lmtp=True)``.
+
+    LHLO replaces EHLO, with no HELO fallback (§4.1). After the final dot or BDAT LAST the server
+    answers once per accepted recipient, in RCPT order (§4.2): each reply goes to that recipient's
+    slot in ``TransactionResult.data_rcpts``. A connection lost among them leaves the rest None
+    (unknown outcome); a 421 is kept as the reply of the recipient it answered. The SMTP
+    transaction path runs none of this.
+    """
+
+    __slots__ = ()
+    _CONNECTION = LmtpConnection
+
+    async def _hello(self, ehlo_name: str) -> tuple[str, Reply]:
+        return "lhlo", await self._command(Lhlo(ehlo_name), self._timeouts.ehlo_s, ReplyTimeout, "lhlo")
+
+    async def _send_payload(self, result: TransactionResult, body: Payload | None) -> None:
+        await self._per_recipient(result, super()._send_payload(result, body))
+
+    async def _send_chunks(
+        self, result: TransactionResult, chunks: tuple[Bdat | BdatLast, ...], *, first_sent: bool
+    ) -> None:
+        await self._per_recipient(result, super()._send_chunks(result, chunks, first_sent=first_sent))
+
+    async def _per_recipient(self, result: TransactionResult, send: Coroutine[Any, Any, None]) -> None:
+        """Run ``send`` (which reads the first reply after the data), then the other recipients' replies."""
+        accepted = [n for n, r in enumerate(result.rcpts) if r is not None and r.is_success]
+        replies: list[Reply | None] = [None] * len(result.rcpts)
+        result.data_rcpts = replies
+        n = accepted[0] if accepted else -1
+        try:
+            await send
+            if result.phase != "payload" or not accepted:
+                return  # DATA or a chunk refused, or nothing accepted: one reply for everyone
+            replies[n] = result.data
+            final_s = self._timeouts.final_s
+            for n in accepted[1:]:
+                replies[n] = await self._reply(final_s, DataTimeout, "payload")
+        except ServerClosingError as exc:
+            if result.phase == "payload" and n >= 0:
+                replies[n] = exc.reply  # the 421 is this recipient's answer (§4.2, RFC 5321 §3.8)
+            raise

@@ -1,4 +1,5 @@
-"""Ingest process main: the HTTP inject API in front of the group committer."""
+"""Ingest process main: the HTTP inject API, the SMTP submission listener and the inbound (bounce and
+feedback-loop) listener, in front of the group committer."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from ..ingest.commit import GroupCommitter
 from ..ingest.bsmtp import make_bsmtp_route
 from ..ingest.http import make_app
 from ..ingest.smtp_submit import start_submission
+from ..spool.origin import OriginIndex
 from ..spool.store import Spool
 from .ipc import FrameProtocol
 
@@ -56,7 +58,10 @@ class ManagerNotice:
 async def ingest_main(cfg: Config) -> int:
     loop = asyncio.get_running_loop()
     spool = Spool(cfg.spool.path, map_size_mb=cfg.spool.map_size_mb, sync=cfg.spool.sync)
-    committer = GroupCommitter(spool, batch_max=cfg.http.commit_batch_max, on_commit=ManagerNotice(cfg.ipc_path))
+    # The origin index costs a put per message: kept only when a listener will read it.
+    origin = OriginIndex(spool, retention_s=cfg.inbound.origin_retention_days * 86400) if cfg.inbound.listen else None
+    committer = GroupCommitter(spool, batch_max=cfg.http.commit_batch_max, on_commit=ManagerNotice(cfg.ipc_path),
+                               origin=origin)
     app = make_app(committer, max_request_mb=cfg.http.max_request_mb)
     path, handler = make_bsmtp_route(committer)
     app.router.add_post(path, handler)
@@ -67,14 +72,25 @@ async def ingest_main(cfg: Config) -> int:
     await site.start()
     submission = (await start_submission(committer, cfg.submission, loop, hostname=cfg.ehlo_name)
                   if cfg.submission.listen else None)
+    inbound = None
+    if cfg.inbound.listen:
+        from ..dsn.classify import Classifier
+        from ..ingest.inbound import start_inbound
+
+        classifier = Classifier.from_files(*cfg.bounce.rules, include_default=cfg.bounce.default_rules)
+        inbound = await start_inbound(committer, cfg.inbound, origin=origin, classifier=classifier,
+                                      hostname=cfg.ehlo_name)
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, lambda: None)
-    log.info("ingest_started", pid=os.getpid(), http=cfg.http.listen, submission=cfg.submission.listen or None)
+    log.info("ingest_started", pid=os.getpid(), http=cfg.http.listen, submission=cfg.submission.listen or None,
+             inbound=cfg.inbound.listen or None)
     await stop.wait()
     log.info("ingest_stopping", commits=committer.commits, submissions=committer.submissions)
     if submission is not None:
         await submission.close()
+    if inbound is not None:
+        await inbound.close()
     await runner.cleanup()  # stops accepting, lets in-flight requests finish their commit
     committer.close()
     spool.close()

@@ -27,7 +27,12 @@ async def manager_main(cfg: Config) -> int:
     resolver = Resolver(cfg.dns.nameservers or None, port=cfg.dns.port, timeout_s=cfg.dns.timeout_s)
     acct = AccountingLog(cfg.log.accounting, max_bytes=cfg.log.accounting_max_bytes,
                          max_age_s=cfg.log.accounting_max_age_s, keep=cfg.log.accounting_keep)
-    mgr = Manager(cfg, spool, resolver, acct)
+    rate_store = None
+    if cfg.redis.url:  # fleet-wide limits ([redis], [[sched.site]] shared = true)
+        from ..sched.shared_limits import RedisRateStore
+
+        rate_store = RedisRateStore(cfg.redis.url, key_prefix=cfg.redis.key_prefix, timeout_s=cfg.redis.timeout_s)
+    mgr = Manager(cfg, spool, resolver, acct, rate_store=rate_store)
     mgr.recover()
     supervisor_pid = int(os.environ.get("MTA_SUPERVISOR_PID", "0"))
 

@@ -22,12 +22,14 @@ from typing import Any
 
 import structlog
 
-from ..config import RELAY_SITE_PREFIX, Config
+from ..config import LMTP_SITE_PREFIX, RELAY_SITE_PREFIX, Config, parse_lmtp_endpoint
 from ..delivery.outcome import Outcome, error_text, local_failure, transaction_outcomes
 from ..delivery.pool import ConnectionPool, Endpoint
 from ..delivery.session import SessionRefused, SmtpSession, SmtpTimeouts
-from ..errors import DeliveryTimeout, DnsError, MtaError, SpoolCorrupt
+from ..errors import DeliveryTimeout, DnsError, MtaError, SpoolCorrupt, TlsError
 from ..routing.mx import MxHost, order_mx
+from ..routing.mta_sts import MtaStsCache, StsPolicy
+from ..routing.dane import DaneLookup
 from ..routing.resolver import Resolver, has_ipv6_route
 from ..delivery.tls import TlsPolicy
 from ..smtp.body import PreparedMessage
@@ -42,6 +44,8 @@ log = structlog.get_logger("worker")
 FLUSH_S = 0.005
 FLUSH_ITEMS = 512
 BODY_CACHE = 2048
+_NO_TLS = TlsPolicy("none")  # LMTP over a unix socket: local, never TLS
+STS_CHECK_S = 3600.0  # MTA-STS testing: a domain's MX hosts are checked at most this often
 
 
 class Body:
@@ -79,6 +83,14 @@ class Worker:
                                      data_s=d.data_timeout_s, block_s=d.block_timeout_s, final_s=d.final_timeout_s,
                                      quit_s=d.quit_timeout_s, tls_s=d.tls_timeout_s)
         self._tls: dict[str, TlsPolicy] = {}
+        self.dane = DaneLookup(resolver, port=d.port) if cfg.dane.enabled else None  # RFC 7672 TLSA verdicts
+        self._tls_required = TlsPolicy("required")
+        sts = cfg.mta_sts
+        self.mta_sts = MtaStsCache(resolver, ca_file=sts.ca_file or None, port=sts.port,
+                                   fetch_timeout_s=sts.fetch_timeout_s) if sts.enabled else None
+        self._sts_tls = TlsPolicy("verify", ca_file=cfg.tls.ca_file or None)  # RFC 8461 §4.2
+        self._sts_checked: dict[str, float] = {}  # testing-mode domain -> next check (monotonic)
+        self._sts_tasks: set[asyncio.Task[None]] = set()
         self.sources: list[tuple[str | None, str]] = [
             (src["ip"], src.get("ehlo_name") or cfg.ehlo_name) for src in d.sources] or [(None, cfg.ehlo_name)]
         self._next_source = 0
@@ -145,9 +157,11 @@ class Worker:
         if self.draining:
             self.report(job, [(r[0], 0, None, "returned: worker draining", "queue", False) for r in job["rcpts"]])
             return
-        sq = self.sites.get(job["site"])
+        # one queue (and runner cap) per site and egress source: a runner's session is of one source
+        key = job["site"] if job.get("source") is None else f"{job['site']} via {job['source']}"
+        sq = self.sites.get(key)
         if sq is None:
-            sq = self.sites[job["site"]] = SiteQueue(job["site"])
+            sq = self.sites[key] = SiteQueue(key)
         sq.jobs.append(job)
         cap = job.get("conns") or self.cfg.delivery.max_connections_per_site
         if sq.runners < cap and sq.runners < len(sq.jobs):
@@ -215,38 +229,136 @@ class Worker:
             pol = self._tls[mode] = TlsPolicy(mode, ca_file=self.cfg.tls.ca_file or None)  # type: ignore[arg-type]
         return pol
 
+    # -- MTA-STS (RFC 8461) -----------------------------------------------------------------------
+    async def sts_policy(self, domain: str) -> StsPolicy | None:
+        """The MTA-STS policy for ``domain`` (enforce or testing), or None. Cached per domain; an
+        explicit ``[tls] per_domain`` entry or ``[tls] mode = "none"`` wins (no lookup at all)."""
+        if self.mta_sts is None or domain in self.cfg.tls.per_domain or self.cfg.tls.mode == "none":
+            return None
+        return await self.mta_sts.policy(domain)
+
+    def sts_apply(self, sts: StsPolicy, domain: str, hosts: list[MxHost], tls: TlsPolicy,
+                  idx: list[int]) -> tuple[list[MxHost], TlsPolicy, list[Outcome]]:
+        """(hosts, TLS policy, failure) under ``sts``. Enforce: only matching MX hosts, each with
+        verified TLS (§4.1, §4.2); none matches → 451 4.7.5 for the job (§5.1: defer). Testing:
+        unchanged; a background check logs what enforce would refuse."""
+        if not sts.enforces:
+            self._sts_check_later(domain, sts, hosts)
+            return hosts, tls, []
+        allowed = [h for h in hosts if sts.matches(h.name)]
+        if not allowed:
+            log.warning("mta_sts_no_matching_mx", domain=domain, mx=[h.name for h in hosts], policy_mx=list(sts.mx))
+            return [], tls, local_failure(idx, 451, "4.7.5", f"MTA-STS: no MX host of {domain} matches the policy",
+                                          "connect")
+        return allowed, self._sts_tls, []
+
+    def _sts_check_later(self, domain: str, sts: StsPolicy, hosts: list[MxHost]) -> None:
+        now = time.monotonic()
+        if self._sts_checked.get(domain, 0.0) > now:
+            return
+        if len(self._sts_checked) >= 10_000:
+            self._sts_checked = {d: t for d, t in self._sts_checked.items() if t > now}
+        self._sts_checked[domain] = now + STS_CHECK_S
+        task = asyncio.get_running_loop().create_task(self._sts_check(domain, sts, hosts))
+        self._sts_tasks.add(task)
+        task.add_done_callback(self._sts_tasks.discard)
+
+    async def _sts_check(self, domain: str, sts: StsPolicy, hosts: list[MxHost]) -> None:
+        """MTA-STS testing, off the delivery path: log each MX host enforce would not use (outside
+        the policy, or its TLS does not verify for its name). One short verified session per host."""
+        try:
+            await self._sts_check_hosts(domain, sts, hosts)
+        except Exception as exc:  # a bug here must not go unnoticed, nor touch delivery
+            log.exception("mta_sts_testing_check_crashed", domain=domain, error=repr(exc))
+
+    async def _sts_check_hosts(self, domain: str, sts: StsPolicy, hosts: list[MxHost]) -> None:
+        src, ehlo = self.sources[0]
+        for host in hosts[: self.cfg.delivery.max_mx_hosts_per_attempt]:
+            if not sts.matches(host.name):
+                log.warning("mta_sts_testing_mx_mismatch", domain=domain, mx=host.name, policy_mx=list(sts.mx))
+                continue
+            try:
+                ip = (await self.resolver.resolve_addresses(host.name))[0]
+                s = await SmtpSession.open(ip, self.cfg.delivery.port, ehlo_name=ehlo, timeouts=self.timeouts,
+                                           source_ip=src, mx_name=host.name, tls=self._sts_tls, tls_fallback=False)
+            except TlsError as exc:
+                log.warning("mta_sts_testing_tls_failed", domain=domain, mx=host.name, ip=ip, error=error_text(exc))
+            except (MtaError, OSError) as exc:
+                log.info("mta_sts_testing_check_failed", domain=domain, mx=host.name, error=error_text(exc))
+            else:
+                await s.close()
+
+    async def close_mta_sts(self) -> None:
+        """Stop testing-mode checks and close the policy fetcher's HTTP client."""
+        for task in list(self._sts_tasks):
+            task.cancel()
+        if self._sts_tasks:
+            await asyncio.wait(self._sts_tasks, timeout=5)
+        if self.mta_sts is not None:
+            await self.mta_sts.close()
+
+    def egress_sources(self, job: dict[str, Any] | None) -> list[tuple[str | None, str]]:
+        """The (source IP, EHLO name) pairs a job may use: the one the manager chose for it
+        (``job["source"]``: limits hold per source), else the whole egress pool."""
+        chosen = job.get("source") if job is not None else None
+        if chosen is not None:
+            for pair in self.sources:
+                if pair[0] == chosen:
+                    return [pair]
+        return self.sources
+
+    def next_source(self, job: dict[str, Any] | None) -> tuple[str | None, str]:
+        """The source of a new connection: the job's own, else the egress pool in turn."""
+        allowed = self.egress_sources(job)
+        if len(allowed) == 1:
+            return allowed[0]
+        pair = allowed[self._next_source % len(allowed)]
+        self._next_source += 1
+        return pair
+
     async def connect(self, job: dict[str, Any], idx: list[int]) -> tuple[SmtpSession | None, Endpoint | None,
                                                                           list[Outcome]]:
         """A session to one of the job's MX hosts, trying them in order (RFC 5321 §5.1)."""
+        if str(job.get("site", "")).startswith(LMTP_SITE_PREFIX):
+            return await self._connect_lmtp(job, idx)
         if str(job.get("site", "")).startswith(RELAY_SITE_PREFIX) and self.cfg.relay.host:
-            return await self._connect_relay(idx)
+            return await self._connect_relay(idx, job)
         hosts = order_mx([MxHost(p, n) for p, n in job["mx"]], self.rng)
         last: list[Outcome] = local_failure(idx, 451, "4.4.4", "no MX host could be resolved", "connect")
         tried = 0
         port = self.cfg.delivery.port
         tls = self.tls_policy(job["domain"])
+        sts = await self.sts_policy(job["domain"])  # MTA-STS (RFC 8461): which hosts, which TLS
+        if sts is not None:
+            hosts, tls, refused = self.sts_apply(sts, job["domain"], hosts, tls, idx)
+            if refused:
+                return None, None, refused
         for host in hosts:
             try:
                 ips = await self.resolver.resolve_addresses(host.name)
             except DnsError as exc:
                 last = local_failure(idx, 451, "4.4.4", f"MX {host.name}: {exc}", "dns")
                 continue
+            host_tls, refused = await self.dane_policy(job["domain"], host.name, tls, idx)  # RFC 7672
+            if refused:
+                last = refused
+                continue
             for ip in ips:
                 # a verified session is only reused for the name it was verified against
-                mode = f"verify:{host.name}" if tls.verifies else tls.mode
-                for src, _ in self.sources:
+                mode = (f"dane:{host.name}" if host_tls.dane else
+                        f"verify:{host.name}" if host_tls.verifies else host_tls.mode)
+                for src, _ in self.egress_sources(job):  # reuse only sessions of the job's source
                     ep = Endpoint(src, ip, port, mode)
                     cached = self.pool.take(ep, time.monotonic())
                     if cached is not None:
                         cached.mx_name = host.name  # the same endpoint may serve several MX names
                         return cached, ep, []
-                src, ehlo = self.sources[self._next_source % len(self.sources)]  # egress pool, in turn
-                self._next_source += 1
+                src, ehlo = self.next_source(job)  # the manager's choice, else the egress pool in turn
                 ep = Endpoint(src, ip, port, mode)
                 tried += 1
                 try:
                     s = await SmtpSession.open(ip, port, ehlo_name=ehlo, timeouts=self.timeouts, source_ip=src,
-                                               mx_name=host.name, tls=tls, chunking=self.cfg.delivery.chunking)
+                                               mx_name=host.name, tls=host_tls, chunking=self.cfg.delivery.chunking)
                     return s, ep, []
                 except SessionRefused as exc:
                     # A refused greeting/EHLO is about this host, not the recipients: try the next MX,
@@ -254,10 +366,27 @@ class Worker:
                     last = local_failure(idx, 451, "4.4.0", f"{host.name}[{ip}] refused the session: {exc.reply}",
                                          exc.phase)
                 except (MtaError, OSError) as exc:
-                    last = local_failure(idx, 451, "4.4.1", f"{host.name}[{ip}]: {error_text(exc)}", "connect")
+                    enhanced = "4.7.5" if host_tls.dane and isinstance(exc, TlsError) else "4.4.1"  # DANE failed
+                    last = local_failure(idx, 451, enhanced, f"{host.name}[{ip}]: {error_text(exc)}", "connect")
                 if tried >= self.cfg.delivery.max_mx_hosts_per_attempt:
                     return None, None, last
         return None, None, last
+
+    async def dane_policy(self, domain: str, host: str, tls: TlsPolicy,
+                          idx: list[int]) -> tuple[TlsPolicy, list[Outcome]]:
+        """MX ``host``'s TLS policy under DANE (RFC 7672): ``tls`` when DANE does not apply; with
+        usable TLSA records a DANE policy, which overrides MTA-STS (RFC 8461 §2); with only unusable
+        records TLS required, unauthenticated; a failed TLSA lookup is a 451 4.7.5 failure for this
+        host (§2.1: never fall back). An explicit ``[tls] per_domain`` entry or ``mode = "none"`` wins."""
+        if self.dane is None or domain in self.cfg.tls.per_domain or self.cfg.tls.mode == "none":
+            return tls, []
+        try:
+            target = await self.dane.lookup(host)
+        except DnsError as exc:
+            return tls, local_failure(idx, 451, exc.enhanced, f"MX {host}: {exc}", "dns")
+        if target is None:
+            return tls, []
+        return (TlsPolicy.for_dane(target.records, target.names) if target.records else self._tls_required), []
 
     def relay_tls_policy(self) -> TlsPolicy:
         """The [relay] TLS policy: required or verify, STARTTLS or implicit (RFC 8314), or none."""
@@ -267,7 +396,8 @@ class Worker:
         return TlsPolicy("verify" if relay.verify else "required", implicit=relay.tls == "implicit",
                          ca_file=relay.ca_file or None)
 
-    async def _connect_relay(self, idx: list[int]) -> tuple[SmtpSession | None, Endpoint | None, list[Outcome]]:
+    async def _connect_relay(self, idx: list[int], job: dict[str, Any] | None = None
+                             ) -> tuple[SmtpSession | None, Endpoint | None, list[Outcome]]:
         """A session to the configured smarthost, with AUTH when a username is set (X10)."""
         relay = self.cfg.relay
         tls = self.relay_tls_policy()
@@ -279,13 +409,12 @@ class Worker:
         mode = f"relay:{tls.mode}:{relay.host}"
         last: list[Outcome] = local_failure(idx, 451, "4.4.4", f"relay {relay.host} has no address", "connect")
         for ip in ips:
-            for src, _ in self.sources:
+            for src, _ in self.egress_sources(job):
                 ep = Endpoint(src, ip, relay.port, mode)
                 cached = self.pool.take(ep, time.monotonic())
                 if cached is not None:
                     return cached, ep, []
-            src, ehlo = self.sources[self._next_source % len(self.sources)]
-            self._next_source += 1
+            src, ehlo = self.next_source(job)
             ep = Endpoint(src, ip, relay.port, mode)
             try:
                 s = await SmtpSession.open(ip, relay.port, ehlo_name=ehlo, timeouts=self.timeouts, source_ip=src,
@@ -299,6 +428,34 @@ class Worker:
             except (MtaError, OSError) as exc:
                 last = local_failure(idx, 451, "4.4.1", f"relay {relay.host}[{ip}]: {error_text(exc)}", "connect")
         return None, None, last
+
+    async def _connect_lmtp(self, job: dict[str, Any],
+                            idx: list[int]) -> tuple[SmtpSession | None, Endpoint | None, list[Outcome]]:
+        """An LMTP session (RFC 2033) to the endpoint the site names (``lmtp:<endpoint>``): a unix
+        socket (never TLS) or host:port (the destination's [tls] policy; system resolver)."""
+        endpoint = job["site"][len(LMTP_SITE_PREFIX):]
+        try:
+            where = parse_lmtp_endpoint(endpoint)
+        except ValueError as exc:  # the config was validated; a site from an older config may not be
+            return None, None, local_failure(idx, 451, "4.3.5", f"LMTP endpoint {endpoint}: {exc}", "connect")
+        if isinstance(where, str):
+            host, port, unix, tls, name = where, 0, True, _NO_TLS, endpoint
+        else:
+            (host, port), unix, tls = where, False, self.tls_policy(job["domain"])
+            name = host
+        ep = Endpoint(None, host, port, f"lmtp:{tls.mode}")
+        cached = self.pool.take(ep, time.monotonic())
+        if cached is not None:
+            return cached, ep, []
+        try:
+            s = await SmtpSession.open(host, port, ehlo_name=self.ehlo_name, timeouts=self.timeouts, mx_name=name,
+                                       tls=tls, chunking=self.cfg.delivery.chunking, lmtp=True, unix=unix)
+            return s, ep, []
+        except SessionRefused as exc:
+            return None, None, local_failure(idx, 451, "4.4.0", f"LMTP {endpoint} refused the session: {exc.reply}",
+                                             exc.phase)
+        except (MtaError, OSError) as exc:
+            return None, None, local_failure(idx, 451, "4.4.1", f"LMTP {endpoint}: {error_text(exc)}", "connect")
 
     def _fresh(self, session: SmtpSession | None, job: dict[str, Any]) -> SmtpSession | None:
         """The session if it may carry another transaction; else close it and return None."""
@@ -370,7 +527,11 @@ class Worker:
             ret, envid = job.get("dsn") or (None, None)
             dsn = DsnParams(ret, envid, tuple((rcpts[i][4], rcpts[i][5]) if len(rcpts[i]) > 5 else (None, None)
                                               for i in pending))
-            result = await session.transaction(job["sender"], [rcpts[i][1] for i in pending], payload, dsn=dsn)
+            sender = job["sender"]
+            if sender and self.cfg.delivery.verp_domain:  # VERP return path (dsn/verp.py, issue 5)
+                from ..dsn.verp import return_path
+                sender = return_path(sender, job["msg"], pending, self.cfg.delivery.verp_domain)
+            result = await session.transaction(sender, [rcpts[i][1] for i in pending], payload, dsn=dsn)
             out, again = transaction_outcomes(pending, result)
             results.extend(out)
             if result.error is not None:
@@ -451,6 +612,7 @@ async def worker_main(cfg: Config, shard: int, ipc_path: str) -> int:
     expiry.cancel()
     worker.flush()
     await worker.close_all()
+    await worker.close_mta_sts()
     if worker.link is not None:
         worker.link.close()
     log.info("worker_stopped", shard=shard)

@@ -9,7 +9,7 @@ that produced them committed (exactly once, see ``obs.accounting``).
 
 A tick: take the results that arrived -> scan the due index for up to the free worker capacity ->
 resolve each destination's MX set (its *site*) -> one transaction: apply results, fail what DNS
-or max age rules out, lease the rest -> send jobs (shard = crc32(site) mod N) -> write the log.
+or max age rules out, lease the rest -> send jobs (sticky least-loaded shard per site) -> write the log.
 A worker that disconnects has its leases returned to the queue at once (no attempt counted).
 """
 
@@ -27,7 +27,7 @@ import lmdb
 import msgpack
 import structlog
 
-from ..config import Config
+from ..config import LMTP_SITE_PREFIX, Config
 from ..dsn.classify import Classifier
 from ..errors import DnsError, SpoolCorrupt
 from ..obs import webhooks
@@ -38,12 +38,14 @@ from ..spool import records
 from ..spool.records import Recipient
 from ..spool.store import Spool
 from .backoff import is_expired
+from .lease import LeasedTokens
 from .limits import LimitTable, SiteLimits
 from .queue import DsnPolicy, QueueWriter, Result, TickStats
 from .ready import ReadyQueues, StagedJob
 from .retry import RetryPolicy
+from .shared_limits import RateStore, SharedLimits
 from .signals import ThrottleRules
-from .site import Mode, SiteState
+from .site import Mode, SiteLanes, SiteState
 
 log = structlog.get_logger("manager")
 
@@ -58,6 +60,8 @@ CURSOR_BACK_MS = 2000
 moment ago (their due time is their commit time) sort just before the present."""
 RESOLVE_WAIT_S = 0.05
 """How long a scheduling round waits for MX lookups before dispatching what is resolved."""
+SINGLE_LANE_PREFIXES = (LMTP_SITE_PREFIX,)
+"""Sites whose sessions never use [delivery] sources (LMTP, config.LMTP_SITE_PREFIX): one lane."""
 
 
 @dataclass(slots=True)
@@ -84,13 +88,16 @@ class Due:
 
 class Manager:
     def __init__(self, cfg: Config, spool: Spool, resolver: Any, acct: AccountingLog,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, rate_store: RateStore | None = None) -> None:
         self.cfg = cfg
         self.spool = spool
         self.resolver = resolver
         self.acct = acct
         self.clock = clock
         self.nshards = cfg.worker_count
+        self._site_shard: dict[str, int] = {}  # sticky site -> worker shard (see shard_of)
+        self._shard_load: tuple[float, dict[int, int]] | None = None  # (now, load per shard) this round
+        self._ready_counts: dict[str, int] = {}
         q, sc = cfg.queue, cfg.sched
         self.classifier = Classifier.from_files(*cfg.bounce.rules, include_default=cfg.bounce.default_rules)
         dsn = DsnPolicy(cfg.dsn.reporting_mta or cfg.ehlo_name, cfg.dsn.delay_after_s,
@@ -101,7 +108,16 @@ class Manager:
         self.limit_table = LimitTable.from_config({"defaults": sc.defaults, "site": sc.site},
                                                   SiteLimits.from_config(cfg.delivery, q))
         self.rules = ThrottleRules.from_files(*sc.throttle_rules, include_default=sc.default_throttle_rules)
-        self.sites: dict[str, SiteState] = {}
+        self.sites: dict[str, SiteLanes] = {}
+        """Per site, one lane (``SiteState``) per egress source, or one lane without sources."""
+        self.sources: list[str] = [str(src["ip"]) for src in cfg.delivery.sources]
+        self._job_lane: dict[int, SiteState] = {}
+        """job id -> the lane it was dispatched on (its outcome feeds that lane)."""
+        self.shared: SharedLimits | None = None
+        if rate_store is not None:
+            rc = cfg.redis
+            self.shared = SharedLimits(rate_store, timeout_s=rc.timeout_s, retry_s=rc.retry_s, clock=clock,
+                                       on_change=self._shared_changed, wake=lambda: self._wake.set())
         self.site_info: dict[str, list[str]] = {}
         self.mx_of: dict[str, list[list[Any]]] = {}
         self.ready = ReadyQueues(flow_max=sc.flow_stage_max, total_max=sc.staged_max)
@@ -213,12 +229,11 @@ class Manager:
     def _worker_gone(self, link: WorkerLink) -> None:
         n = 0
         now = self.clock()
-        for job_id in link.jobs:
+        for job_id, (msg_id, idxs, site) in link.jobs.items():
             self._job_meta.pop(job_id, None)
-        for msg_id, idxs, site in link.jobs.values():
-            st = self.sites.get(site)
-            if st is not None:
-                st.on_result(now, "returned")
+            lane = self._job_lane.pop(job_id, None)
+            if lane is not None:
+                lane.on_result(now, "returned")
             for i in idxs:
                 self._returns.append(Result(msg_id, i, 0, site=site))
                 n += 1
@@ -246,7 +261,7 @@ class Manager:
         del link.jobs[item["id"]]
         self._job_meta.pop(item["id"], None)
         link.inflight -= len(idxs)
-        self._site_feedback(site, item, self.clock())
+        self._site_feedback(self._job_lane.pop(item["id"], None), item, self.clock())
         seen = set()
         for idx, code, enhanced, text, phase, unknown in item["results"]:
             seen.add(idx)
@@ -274,6 +289,8 @@ class Manager:
                 await asyncio.sleep(tick_s)
             self._wake.clear()
         self._executor.shutdown(wait=True)
+        if self.shared is not None:
+            await self.shared.close()
         self.stopped.set()
 
     def _next_ready_s(self, limit_s: float = 0.25) -> float:
@@ -341,9 +358,9 @@ class Manager:
                 # the worker went away between scan and send: its leases come back now, and the
                 # site slots they took are given back
                 for job in jobs:
-                    st = self.sites.get(job["site"])
-                    if st is not None:
-                        st.on_result(self.clock(), "returned")
+                    lane = self._job_lane.pop(job["id"], None)
+                    if lane is not None:
+                        lane.on_result(self.clock(), "returned")
                     for r in job["rcpts"]:
                         self._returns.append(Result(job["msg"], r[0], 0, site=job["site"]))
                 continue
@@ -463,7 +480,13 @@ class Manager:
         out: dict[str, MxPlan | DnsError] = {}
         missing = []
         relay = self.cfg.relay
+        lmtp = self.cfg.lmtp
         for d in domains:
+            if lmtp.routes and (endpoint := lmtp.endpoint_for(d)) is not None:
+                # LMTP (issue 3): no DNS; every domain of one endpoint shares the site lmtp:<endpoint>.
+                # The worker connects to the endpoint named in the site (proc/worker.py:_connect_lmtp).
+                out[d] = MxPlan(d, (MxHost(0, endpoint),), implicit=True, site=lmtp.site(endpoint), ttl_s=86400)
+                continue
             if relay.routes(d):
                 # Smarthost (issue 3): no DNS; every relayed domain shares one site (one window,
                 # one set of limits). The worker connects to [relay] host:port for this site.
@@ -499,20 +522,80 @@ class Manager:
                     out[d] = t.result()
         return out
 
-    def shard_of(self, site: str) -> int:
-        return zlib.crc32(site.encode()) % self.nshards
+    def shard_of(self, site: str, now: float) -> int:
+        """The worker shard for ``site``: sticky while the site is busy, else the least loaded.
 
-    def site_state(self, site: str, domain: str, hosts: list[str], now: float) -> SiteState:
+        A site stays on one worker while it has jobs in flight or warm (pooled) sessions, so its
+        connections live in one pool and the window bounds them. When it is idle it is placed
+        again on the shard with the least work (recipients in flight plus recipients ready for
+        the sites placed there); so is a site whose worker went away. ``crc32(site) mod N`` put
+        a site holding 37% of the W1 mix with half the others on one worker: 68% of the worker
+        CPU on one core while the other idled (bench/results/OPTIMIZATIONS.md).
+        """
+        shard = self._site_shard.get(site)
+        st = self.sites.get(site)
+        if shard in self.workers and (st is None or st.in_flight or st.warm(now)):
+            return shard  # busy on a live worker: stay (a site never spans two pools)
+        load = self._loads(now)
+        if shard in load:
+            load[shard] -= self._ready_counts.get(site, 0)
+        best = min(load, key=lambda s: (load[s], s)) if load else zlib.crc32(site.encode()) % self.nshards
+        if load:
+            load[best] += self._ready_counts.get(site, 0)
+        self._site_shard[site] = best
+        return best
+
+    def _loads(self, now: float) -> dict[int, int]:
+        """Work per live shard, computed once per dispatch round (``now``)."""
+        if self._shard_load is not None and self._shard_load[0] == now:
+            return self._shard_load[1]
+        counts = self._ready_counts = self.ready.counts_by_site()
+        load = {s: w.inflight for s, w in self.workers.items() if not w.draining}
+        for site, n in counts.items():
+            shard = self._site_shard.get(site)
+            if shard in load:
+                load[shard] += n
+        self._shard_load = (now, load)
+        return load
+
+    def site_state(self, site: str, domain: str, hosts: list[str], now: float) -> SiteLanes:
         st = self.sites.get(site)
         if st is None:
             sc = self.cfg.sched
-            st = self.sites[site] = SiteState(site, self.limit_table.for_site(site, [domain], hosts), now,
-                                              cohort=sc.dead_after_failures, dead_s=sc.dead_s,
-                                              max_dead_s=sc.max_dead_s, idle_s=self.cfg.delivery.idle_timeout_s)
+            sources: list[str | None] = [None]
+            if self.sources and not site.startswith(SINGLE_LANE_PREFIXES):
+                sources = list(self.sources)
+            lanes = []
+            for src in sources:  # one lane per egress source: each gets the site's limits
+                lane = SiteState(site, self.limit_table.for_site(site, [domain], hosts, src), now,
+                                 cohort=sc.dead_after_failures, dead_s=sc.dead_s, max_dead_s=sc.max_dead_s,
+                                 idle_s=self.cfg.delivery.idle_timeout_s, source=src)
+                self._attach_shared(lane, now)
+                lanes.append(lane)
+            st = self.sites[site] = SiteLanes(site, lanes, start=len(self.sites))
             self.site_info[site] = [h for h in hosts]
             if site in self.suspensions["site"]:
                 st.suspend(now, "suspended by operator")
         return st
+
+    def _attach_shared(self, lane: SiteState, now: float) -> None:
+        """A lane whose limits say ``shared`` takes its message rate from the fleet-wide bucket."""
+        rate = lane.limits.shared_rate_per_s
+        if self.shared is None or not lane.limits.shared or rate <= 0:
+            return
+        key = f"rate:{lane.site}" + (f":{lane.source}" if lane.source is not None else "")
+        lane.shared = LeasedTokens(key, rate, batch_s=self.cfg.redis.batch_s)
+        if not self.shared.up:
+            lane.set_shared_up(now, False, self.cfg.redis.fleet_size)
+
+    def _shared_changed(self, up: bool) -> None:
+        """The shared store went down (local fallback limits) or answers again (shared rates)."""
+        now = self.clock()
+        for grp in self.sites.values():
+            for lane in grp.lanes:
+                if lane.shared is not None:
+                    lane.set_shared_up(now, up, self.cfg.redis.fleet_size)
+        self._wake.set()
 
     def _stage(self, due: list[Due], plans: dict[str, MxPlan | DnsError], now: float) -> list[Any]:
         """Put due recipients in their site's ready queue; return what fails without a connection."""
@@ -561,7 +644,7 @@ class Manager:
             self._rescan_flows.add(flow)
 
     @staticmethod
-    def _expiry_failure(site: str | None, st: SiteState | None) -> dict[str, Any]:
+    def _expiry_failure(site: str | None, st: SiteLanes | None) -> dict[str, Any]:
         return dict(code=451, enhanced="4.4.7", text="message expired in queue (max age reached)", phase="queue",
                     permanent=False, site=site, max_age_s=st.limits.max_age_s if st else None)
 
@@ -575,31 +658,36 @@ class Manager:
         leases: list[tuple[bytes, int, int]] = []
         sent: list[StagedJob] = []
         for site in self.ready.sites():
-            st = self.sites[site]
-            shard = self.shard_of(site)
-            n = st.can_dispatch(now)
-            while n > 0 and free.get(shard, 0) > 0:
+            grp = self.sites[site]
+            rooms = grp.rooms(now)  # jobs each lane (egress source) may start now
+            if not any(rooms):
+                if self.shared is not None:
+                    self._ask_shared(grp, now)
+                continue
+            shard = self.shard_of(site, now)
+            while free.get(shard, 0) > 0 and any(rooms):
                 job = self.ready.pop(site)
                 if job is None:
                     break
                 if self._held(job):
                     self.ready.hold(job)
                     continue
-                cap = min(free[shard], self._rate_room(st, now))
+                st = grp.pick(rooms)  # round robin among the lanes with room
+                assert st is not None
+                cap = min(free[shard], st.message_room(now))
                 if len(job.items) > cap:
                     self.ready.push_back(job.split(max(1, cap)))
                 st.on_dispatch(now, 1)
                 extra = len(job.items) - 1  # a job is one session slot but charges every message
                 if extra and job.per_recipient:
-                    st.per_minute.spend(now, extra)
-                    st.per_hour.spend(now, extra)
-                n -= 1
+                    st.charge(now, extra)
                 free[shard] -= len(job.items)
                 self._job_seq += 1
+                self._job_lane[self._job_seq] = st
                 msg = self.writer.cached(job.msg_id)
                 assert msg is not None
                 lim = st.limits
-                jobs_by_shard.setdefault(shard, []).append({
+                item = {
                     "id": self._job_seq, "msg": job.msg_id, "sender": msg.sender, "domain": job.domain,
                     "site": site, "mx": self.mx_of[site], "per_rcpt": job.per_recipient,
                     "conns": lim.max_connections, "msgs_per_conn": lim.max_messages_per_connection,
@@ -607,32 +695,46 @@ class Manager:
                               for _, idx, rec in job.items],
                     "dsn": [msg.ret, msg.envid],
                     "_attempts": {idx: rec.attempts for _, idx, rec in job.items},
-                })
+                }
+                if st.source is not None:
+                    item["source"] = st.source  # the worker connects from it (and its EHLO name)
+                jobs_by_shard.setdefault(shard, []).append(item)
                 leases.extend((dkey, job.msg_id, idx) for dkey, idx, _ in job.items)
                 sent.append(job)
+            if self.shared is not None:
+                self._ask_shared(grp, now)  # what this round spent
+        if self.shared is not None:
+            self.shared.flush()
         return jobs_by_shard, leases, sent
 
-    @staticmethod
-    def _rate_room(st: SiteState, now: float) -> int:
-        """How many messages the site's rate buckets allow now (a large number when unlimited)."""
-        room = 1 << 30
-        for bucket in (st.per_minute, st.per_hour):
-            if not bucket.unlimited:
-                room = min(room, max(1, int(bucket.available(now))))
-        return room
+    def _ask_shared(self, grp: SiteLanes, now: float) -> None:
+        """Top up the fleet-wide leases of a site with ready work (lanes with window room only:
+        tokens a lane cannot use before they lapse would be taken from the fleet for nothing)."""
+        assert self.shared is not None
+        for lane in grp.lanes:
+            if lane.shared is not None and lane.in_flight < lane.window.value \
+                    and lane.mode in (Mode.NORMAL, Mode.BACKOFF):
+                self.shared.request(lane.shared, now)
 
     def _reconcile_in_flight(self) -> None:
-        """Each site's in-flight job count is what the workers really hold (a safety net: a count
+        """Each lane's in-flight job count is what the workers really hold (a safety net: a count
         that drifted, e.g. through a lost worker, would otherwise block the site for good)."""
-        held: dict[str, int] = {}
+        held: dict[int, int] = {}
+        live: dict[int, SiteState] = {}
         for link in self.workers.values():
-            for _, _, site in link.jobs.values():
-                held[site] = held.get(site, 0) + 1
-        for site, st in self.sites.items():
-            real = held.get(site, 0)
-            if st.in_flight != real:
-                log.warning("site_in_flight_corrected", site=site, counted=st.in_flight, real=real)
-                st.in_flight = real
+            for job_id in link.jobs:
+                lane = self._job_lane.get(job_id)
+                if lane is not None:
+                    live[job_id] = lane
+                    held[id(lane)] = held.get(id(lane), 0) + 1
+        self._job_lane = live  # drop any entry whose job no worker holds
+        for site, grp in self.sites.items():
+            for lane in grp.lanes:
+                real = held.get(id(lane), 0)
+                if lane.in_flight != real:
+                    log.warning("site_in_flight_corrected", site=site, source=lane.source, counted=lane.in_flight,
+                                real=real)
+                    lane.in_flight = real
 
     def _sweep_expired(self, now: float) -> list[Any]:
         """Ready or held recipients past max age (a suspended queue keeps aging) fail as expired."""
@@ -649,9 +751,8 @@ class Manager:
             fails.append(([(dkey, job.msg_id, idx) for dkey, idx, _ in job.items], self._expiry_failure(job.site, st)))
         return fails
 
-    def _site_feedback(self, site: str, item: dict[str, Any], now: float) -> None:
-        """A job's outcome adjusts its site: window, dead-site cohort, throttling."""
-        st = self.sites.get(site)
+    def _site_feedback(self, st: SiteState | None, item: dict[str, Any], now: float) -> None:
+        """A job's outcome adjusts its lane (site and source): window, dead-site cohort, throttling."""
         if st is None:
             return
         kind = item.get("kind") or "delivered"
@@ -659,10 +760,12 @@ class Manager:
         results = item["results"]
         # A RCPT-time 4xx for some recipients is about those recipients (greylisting, a full mailbox);
         # it speaks for the site only when every recipient of the job got one. Session and message
-        # replies (421, MAIL, DATA) always do.
-        rcpt_wide = all(400 <= r[1] < 500 and r[4] == "rcpt" for r in results)
+        # replies (421, MAIL, DATA) always do, except LMTP's replies after the data, which are
+        # per recipient too (RFC 2033 §4.2).
+        per_rcpt = ("rcpt", "payload") if st.site.startswith(LMTP_SITE_PREFIX) else ("rcpt",)
+        rcpt_wide = all(400 <= r[1] < 500 and r[4] in per_rcpt for r in results)
         for _, code, enhanced, text, phase, _ in results:
-            if 400 <= code < 600 and (code == 421 or phase != "rcpt" or rcpt_wide):
+            if 400 <= code < 600 and (code == 421 or phase not in per_rcpt or rcpt_wide):
                 rule = self.rules.match(code, enhanced, text)
                 if rule is not None:
                     break
@@ -674,16 +777,19 @@ class Manager:
         events = []
         if now >= self._sites_tick_at:  # time alone ends backoffs and dead periods, also of idle sites
             self._sites_tick_at = now + 1.0
-            for st in self.sites.values():
-                if st.mode is not Mode.NORMAL:
-                    st.tick(now)
-        for st in self.sites.values():
-            for ch in st.drain_changes():
-                log.info("site_mode_changed", site=ch.site, old=ch.old_mode.name, new=ch.new_mode.name,
-                         cause=ch.cause)
-                events.append({"type": "SiteModeChange", "timestamp": ch.now, "site": ch.site,
-                               "old_mode": ch.old_mode.name, "mode": ch.new_mode.name, "cause": ch.cause,
-                               "window": st.window.limit})
+            for grp in self.sites.values():
+                for st in grp.lanes:
+                    if st.mode is not Mode.NORMAL:
+                        st.tick(now)
+        for grp in self.sites.values():
+            for st in grp.lanes:
+                for ch in st.drain_changes():
+                    src = {"source": ch.source} if ch.source is not None else {}
+                    log.info("site_mode_changed", site=ch.site, old=ch.old_mode.name, new=ch.new_mode.name,
+                             cause=ch.cause, **src)
+                    events.append({"type": "SiteModeChange", "timestamp": ch.now, "site": ch.site,
+                                   "old_mode": ch.old_mode.name, "mode": ch.new_mode.name, "cause": ch.cause,
+                                   "window": st.window.limit, **src})
         return events
 
     # -- operations ---------------------------------------------------------------------------
@@ -700,11 +806,17 @@ class Manager:
     SELECTORS = ("site", "domain", "campaign", "tenant")
 
     def _site_brief(self, site: str) -> dict[str, Any]:
-        st = self.sites.get(site)
-        if st is None:
+        grp = self.sites.get(site)
+        if grp is None:
             return {}
-        return {"mode": st.mode.name, "window": st.window.value, "window_limit": st.window.limit,
-                "in_flight_jobs": st.in_flight}
+        out: dict[str, Any] = {"mode": grp.mode.name, "window": sum(lane.window.value for lane in grp.lanes),
+                               "window_limit": sum(lane.window.limit for lane in grp.lanes),
+                               "in_flight_jobs": grp.in_flight}
+        if grp.lanes[0].source is not None:
+            out["sources"] = [{"source": lane.source, "mode": lane.mode.name, "window": lane.window.value,
+                               "window_limit": lane.window.limit, "in_flight_jobs": lane.in_flight}
+                              for lane in grp.lanes]
+        return out
 
     def suspend(self, kind: str, value: str) -> str:
         """Stop dispatching a site, domain, campaign or tenant; its recipients keep aging and expire."""
@@ -763,4 +875,6 @@ class Manager:
             "workers_expected": self.nshards,
             "ticks": self.ticks,
             "last_tick": self.last_tick,
+            **({"shared_limits": {"up": self.shared.up, "round_trips": self.shared.round_trips,
+                                  "failures": self.shared.failures}} if self.shared is not None else {}),
         }

@@ -375,4 +375,6 @@ class QueueWriter:
         if r.tls:
             ev["tls_version"], ev["tls_cipher"] = r.tls.get("version"), r.tls.get("cipher")
             ev["tls_verified"] = r.tls.get("verified")
+            if r.tls.get("dane"):  # RFC 7672: authenticated by this TLSA record
+                ev["tls_dane"], ev["tls_dane_record"] = True, r.tls.get("dane_record")
         return ev

@@ -13,49 +13,12 @@ from mta_engine.config import from_dict
 from mta_engine.ingest.commit import write_submissions
 from mta_engine.ingest.inject import parse_request
 from mta_engine.obs.accounting import AccountingLog
-from mta_engine.routing.mx import MxHost, MxPlan
 from mta_engine.sched.manager import Manager
 from mta_engine.sched.signals import Rule
 from mta_engine.spool.store import Spool
+from tests.unit.sched.fakes import T0, Clock, Link, Resolver
 
 MAX_AGE = 600.0
-T0 = 1_700_000_000.0
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = T0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-class Resolver:
-    """Every domain is its own site with one MX."""
-
-    def cached_plan(self, domain: str) -> MxPlan:
-        return MxPlan(domain, (MxHost(10, f"mx.{domain}"),), False, f"mx.{domain}", 300.0)
-
-    async def resolve_mx(self, domain: str) -> MxPlan:
-        return self.cached_plan(domain)
-
-
-class Link:
-    """Stands in for a worker's IPC connection: records the frames the manager sends."""
-
-    def __init__(self) -> None:
-        self.sent: list[dict[str, Any]] = []
-        self.peer: dict[str, Any] = {}
-
-    def send(self, frame: dict[str, Any]) -> bool:
-        self.sent.append(frame)
-        return True
-
-    def close(self) -> None:
-        pass
-
-    def jobs(self) -> list[dict[str, Any]]:
-        return [j for f in self.sent if f["t"] == "jobs" for j in f["items"]]
 
 
 @pytest.fixture
