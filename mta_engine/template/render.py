@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import binascii
 import email.policy
+import functools
 from email.header import Header
 from email.utils import formataddr
 from typing import Any
@@ -22,6 +23,20 @@ from typing import Any
 import jinja2
 
 _ENV = jinja2.Environment(autoescape=False, keep_trailing_newline=True)
+_GLOBALS = dict(_ENV.globals)  # range, dict, lipsum, cycler, joiner, namespace: as Template.render sees them
+
+
+def _render(tmpl: jinja2.Template, parent: dict[str, Any]) -> str:
+    """``tmpl.render(vars)`` without its per-call copies: ``parent`` (from ``MessageTemplate.variables``)
+    already holds the globals under the variables, as ``Template.render`` would merge them. Jinja's
+    own merge iterates a ChainMap of globals on every call: about 12 us of the 3 renders a message
+    takes, against about 2 us here (one fresh Context per part, so ``{% set %}`` stays in its part)."""
+    ctx = _ENV.context_class(_ENV, parent, tmpl.name, tmpl.blocks)
+    try:
+        return _ENV.concat(tmpl.root_render_func(ctx))  # type: ignore[attr-defined,no-any-return]
+    except Exception:
+        _ENV.handle_exception()  # re-raises with the template's line numbers, as Template.render does
+        raise  # pragma: no cover - handle_exception always raises
 _POLICY = email.policy.SMTP.clone(max_line_length=78)
 
 MAX_LINE_OCTETS = 998
@@ -42,6 +57,13 @@ def fold_header(name: str, value: str) -> str:
     """One header field, folded to 78 columns, RFC 2047-encoded if it is not ASCII (H04, D06)."""
     if value.isascii() and len(name) + len(value) < 76 and "\n" not in value and "\r" not in value:
         return f"{name}: {value}\r\n"
+    return _fold_slow(name, value)
+
+
+@functools.lru_cache(maxsize=1024)
+def _fold_slow(name: str, value: str) -> str:
+    """Folding and RFC 2047 encoding by the email package: about 28 us a field, so cached; a
+    campaign's non-ASCII Subject is then encoded once, not once per recipient."""
     value = value.replace("\r", " ").replace("\n", " ")
     try:
         return _POLICY.fold_binary(name, value).decode("ascii")
@@ -121,7 +143,8 @@ class MessageTemplate:
         return f"<MessageTemplate {kind} template={self.template} per_recipient={self.per_recipient}>"
 
     def variables(self, address: str, name: str | None, rcpt_vars: dict[str, Any] | None) -> dict[str, Any]:
-        out = dict(self._subs)
+        out = dict(_GLOBALS)
+        out.update(self._subs)
         out["email"] = address
         out["name"] = name or ""
         if rcpt_vars:
@@ -136,13 +159,13 @@ class MessageTemplate:
         vars_ = self.variables(address, name, variables)
         if self._raw is not None:
             assert isinstance(self._raw, jinja2.Template)
-            return _crlf(self._raw.render(vars_)).encode("utf-8")
+            return _crlf(_render(self._raw, vars_)).encode("utf-8")
         return self._render_built(address, name, vars_, message_id)
 
     def _text_of(self, part: jinja2.Template | str | None, vars_: dict[str, Any]) -> str | None:
         if part is None or isinstance(part, str):
             return part
-        return part.render(vars_)
+        return _render(part, vars_)
 
     def _render_built(self, address: str, name: str | None, vars_: dict[str, Any], message_id: str) -> bytes:
         subject = self._text_of(self._subject, vars_) or ""

@@ -5,6 +5,8 @@ from __future__ import annotations
 import email
 import email.policy
 
+import pytest
+
 from mta_engine.ingest.inject import parse_request
 from mta_engine.template.render import MessageTemplate, fold_header
 
@@ -63,3 +65,39 @@ def test_overlong_line_is_quoted_printable() -> None:
     raw = t.render(address="a@y.test", name=None, variables=None, message_id="q.0@mta.test")
     assert b"Content-Transfer-Encoding: quoted-printable" in raw
     assert max(len(line) for line in raw.split(b"\r\n")) <= 998
+
+
+def test_templates_see_jinja_globals_and_variables_win_over_them() -> None:
+    """The fast render path keeps Template.render's lookups: globals (range...) exist, variables override them."""
+    t = MessageTemplate(spec_of({"subject": "{% for i in range(3) %}{{ i }}{% endfor %} {{ cycler }}",
+                                 "from": "s@x.test", "text_body": "{% set n = 5 %}{{ n }} {{ joiner is defined }}"},
+                                substitutions={"cycler": "mine"}))
+    raw = t.render(address="a@y.test", name=None, variables=None, message_id="m@x")
+    assert b"Subject: 012 mine\r\n" in raw
+    assert b"5 True" in raw
+
+
+def test_set_in_one_part_does_not_leak_into_another() -> None:
+    t = MessageTemplate(spec_of({"subject": "{% set who = 'S' %}{{ who }}", "from": "s@x.test",
+                                 "text_body": "[{{ who }}]"}, substitutions={"who": "T"}))
+    raw = t.render(address="a@y.test", name=None, variables=None, message_id="m@x")
+    assert b"Subject: S\r\n" in raw and raw.endswith(b"[T]")
+
+
+def test_a_template_error_at_render_time_raises() -> None:
+    t = MessageTemplate(spec_of("From: s@x.test\n\n{{ 1 // zero }}", substitutions={"zero": 0}))
+    with pytest.raises(ZeroDivisionError):
+        t.render(address="a@y.test", name=None, variables=None, message_id="m@x")
+
+
+def test_non_ascii_subject_is_encoded_once_per_campaign() -> None:
+    """The slow RFC 2047 path is cached: a constant non-ASCII Subject costs one encoding, same bytes every time."""
+    from mta_engine.template import render
+
+    t = MessageTemplate(spec_of({"subject": "Orchard Letter — November", "from": "s@x.test", "text_body": "{{ n }}"}))
+    before = render._fold_slow.cache_info()
+    outs = {t.render(address=f"a{i}@y.test", name=None, variables={"n": i}, message_id="m@x").split(b"\r\n\r\n")[0]
+            .split(b"Subject: ")[1].split(b"\r\n")[0] for i in range(5)}
+    after = render._fold_slow.cache_info()
+    assert outs == {b"=?utf-8?q?Orchard_Letter_=E2=80=94_November?="}
+    assert after.hits - before.hits >= 4
