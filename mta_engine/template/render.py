@@ -37,6 +37,8 @@ def _render(tmpl: jinja2.Template, parent: dict[str, Any]) -> str:
     except Exception:
         _ENV.handle_exception()  # re-raises with the template's line numbers, as Template.render does
         raise  # pragma: no cover - handle_exception always raises
+
+
 _POLICY = email.policy.SMTP.clone(max_line_length=78)
 
 MAX_LINE_OCTETS = 998
