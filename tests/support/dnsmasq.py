@@ -18,19 +18,17 @@ from __future__ import annotations
 
 import csv
 import os
-import shutil
 import tempfile
 import zlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from types import TracebackType
 
 import dns.exception
 import dns.message
 import dns.query
 import dns.rdatatype
 
-from tests.support.procs import ManagedProcess, free_port, wait_for
+from tests.support.procs import ServiceHarness, wait_for
 
 __all__ = ["DNSMASQ", "DnsServer", "spread_sites"]
 
@@ -49,7 +47,7 @@ def spread_sites(addresses: Sequence[str]) -> Callable[[str], str]:
     return pick
 
 
-class DnsServer:
+class DnsServer(ServiceHarness):
     """dnsmasq with MX, A/AAAA, null MX and failing names; a context manager."""
 
     def __init__(
@@ -67,10 +65,8 @@ class DnsServer:
         self.null_mx = list(null_mx)
         self.servfail = list(servfail)
         self.ttl_s = ttl_s
-        self._listen = listen
+        self._host = listen
         self._port = port
-        self._dir: Path | None = None
-        self._proc: ManagedProcess | None = None
 
     @classmethod
     def from_domain_mix(
@@ -92,27 +88,13 @@ class DnsServer:
                 a.setdefault(exchange, pick(row["site"]))
         return cls(mx=mx, a=a, **kwargs)  # type: ignore[arg-type]
 
-    def __repr__(self) -> str:
-        state = "running" if self._proc is not None and self._proc.running else "stopped"
-        return (
-            f"<DnsServer {self._listen}:{self._port} {state} mx={len(self.mx)} "
-            f"a={len(self.a)} null_mx={len(self.null_mx)} servfail={len(self.servfail)}>"
-        )
-
-    @property
-    def host(self) -> str:
-        return self._listen
-
-    @property
-    def port(self) -> int:
-        if self._port is None:
-            raise RuntimeError("DnsServer has no port until start()")
-        return self._port
+    def _repr_extra(self) -> str:
+        return f" mx={len(self.mx)} a={len(self.a)} null_mx={len(self.null_mx)} servfail={len(self.servfail)}"
 
     @property
     def log_path(self) -> Path:
         if self._dir is None:
-            raise RuntimeError("DnsServer has no log until start()")
+            raise RuntimeError(f"{type(self).__name__} has no log until start()")
         return self._dir / "dnsmasq.log"
 
     def config_text(self) -> str:
@@ -135,10 +117,7 @@ class DnsServer:
 
     def start(self, timeout_s: float = 10.0) -> DnsServer:
         """Write the config, start dnsmasq and wait until it answers a query."""
-        if self._proc is not None:
-            raise RuntimeError(f"{self!r} already started")
-        if self._port is None:
-            self._port = free_port(self._listen)
+        self._begin_start()
         self._dir = Path(tempfile.mkdtemp(prefix="dnsmasq-"))
         conf = self._dir / "dnsmasq.conf"
         conf.write_text(self.config_text())
@@ -146,7 +125,7 @@ class DnsServer:
             DNSMASQ,
             "--keep-in-foreground",
             f"--conf-file={conf}",
-            f"--listen-address={self._listen}",
+            f"--listen-address={self._host}",
             "--bind-interfaces",
             f"--port={self._port}",
             "--pid-file=",
@@ -154,8 +133,8 @@ class DnsServer:
         ]
         if os.geteuid() == 0:
             argv.append("--user=root")  # else it drops to "nobody" and cannot write the log
-        self._proc = ManagedProcess(argv, self._dir / "stdout.log", name="dnsmasq").start()
-        wait_for(self._answers, timeout_s, what=f"dnsmasq on {self._listen}:{self._port}")
+        self._spawn(argv, self._dir / "stdout.log", name="dnsmasq")
+        wait_for(self._answers, timeout_s, what=f"dnsmasq on {self._host}:{self._port}")
         return self
 
     def _answers(self) -> bool:
@@ -163,7 +142,7 @@ class DnsServer:
         self._proc.check_alive()
         query = dns.message.make_query(_PROBE_NAME, dns.rdatatype.A)
         try:
-            dns.query.udp(query, self._listen, port=self.port, timeout=0.2)
+            dns.query.udp(query, self._host, port=self.port, timeout=0.2)
         except (OSError, dns.exception.Timeout):
             return False
         return True
@@ -187,23 +166,3 @@ class DnsServer:
             if name is None or qname == name.rstrip("."):
                 found.append((qtype, qname))
         return found
-
-    def stop(self) -> None:
-        """Stop dnsmasq (by PID) and remove the temp dir; idempotent."""
-        if self._proc is not None:
-            self._proc.stop()
-            self._proc = None  # start() may run again, on the same port
-        if self._dir is not None:
-            shutil.rmtree(self._dir, ignore_errors=True)
-            self._dir = None
-
-    def __enter__(self) -> DnsServer:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()

@@ -42,16 +42,14 @@ import pwd
 import select
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
-from tests.support.procs import free_port, wait_for
+from tests.support.procs import ServiceHarness, free_port, port_open, wait_for
 
 __all__ = [
     "POSTFIX",
@@ -183,7 +181,7 @@ def _split_own_received(raw: bytes, hostname: str) -> tuple[bytes, bytes]:
     return header, raw[end:]
 
 
-class PostfixInstance:
+class PostfixInstance(ServiceHarness):
     """A private Postfix (receiver or relay) on ``host:port``; a context manager."""
 
     def __init__(
@@ -226,21 +224,10 @@ class PostfixInstance:
         self._master_pid: int | None = None
         self.start_output = ""
 
-    def __repr__(self) -> str:
-        state = "running" if self.running else "stopped"
-        return f"<PostfixInstance {self.role} {self._host}:{self._port} {state} dir={self._dir}>"
+    def _repr_extra(self) -> str:
+        return f" role={self.role} dir={self._dir}"
 
     # ---------------------------------------------------------------- properties
-
-    @property
-    def host(self) -> str:
-        return self._host
-
-    @property
-    def port(self) -> int:
-        if self._port is None:
-            raise RuntimeError("PostfixInstance has no port until start()")
-        return self._port
 
     @property
     def dir(self) -> Path:
@@ -411,7 +398,7 @@ class PostfixInstance:
     def _smtpd_ready(self) -> bool:
         if not self.running:
             raise AssertionError(f"Postfix master exited; maillog tail:\n{self.log_tail()}")
-        return _port_open(self._host, self.port)
+        return port_open(self._host, self.port)
 
     def processes(self) -> list[int]:
         """PIDs of every process of this instance (``MAIL_CONFIG=<conf>`` in its environment)."""
@@ -453,17 +440,6 @@ class PostfixInstance:
         self.stop()
         shutil.rmtree(self._dir, ignore_errors=True)
         self._dir = None
-
-    def __enter__(self) -> PostfixInstance:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.cleanup()
 
     # ---------------------------------------------------------------- observation
 
@@ -565,11 +541,3 @@ def postfix_processes(config_dir: str | os.PathLike[str]) -> list[int]:
         if needle in env.split(b"\0") and _alive(int(entry.name)):
             found.append(int(entry.name))
     return found
-
-
-def _port_open(host: str, port: int) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=0.5):
-            return True
-    except OSError:
-        return False

@@ -42,21 +42,19 @@ import collections  # noqa: E402
 import hashlib  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
-import shutil  # noqa: E402
 import signal  # noqa: E402
-import sys  # noqa: E402
-import tempfile  # noqa: E402
 import time  # noqa: E402
 import zlib  # noqa: E402
+from collections.abc import Awaitable, Callable  # noqa: E402
 from pathlib import Path  # noqa: E402
-from types import TracebackType  # noqa: E402
 from typing import Any, AnyStr  # noqa: E402
 
 from aiosmtpd.smtp import SMTP, Envelope, Session  # noqa: E402
 
+from tests.support.procs import ServiceHarness  # noqa: E402
+
 __all__ = ["ProviderSink", "selected", "expected_sets"]
 
-_REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_RATE_REPLY = ("421 4.7.28 Our system has detected an unusual rate of unsolicited mail originating "
                       "from your IP address. To protect our users from spam, mail sent from your IP "
                       "address has been temporarily rate limited.")
@@ -205,13 +203,14 @@ class ProviderSMTP(SMTP):
         super().connection_lost(exc)
 
 
-async def _serve(host: str, port: int, out_dir: Path, script: dict[str, Any]) -> None:
+async def _serve(host: str, port: int, out_dir: Path, script: dict[str, Any],
+                 smtp: Callable[..., ProviderSMTP] = ProviderSMTP) -> None:
+    """Serve until SIGTERM/SIGINT, one ``smtp(handler, latency_s, **kw)`` per connection."""
     handler = ProviderHandler(out_dir, script)
     latency_s = float(script.get("latency_ms", 0)) / 1000.0
     loop = asyncio.get_running_loop()
     server = await loop.create_server(
-        lambda: ProviderSMTP(handler, latency_s, hostname="provider.test", enable_SMTPUTF8=True,
-                             data_size_limit=0),
+        lambda: smtp(handler, latency_s, hostname="provider.test", enable_SMTPUTF8=True, data_size_limit=0),
         host=host, port=port, backlog=1024)
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -225,15 +224,17 @@ async def _serve(host: str, port: int, out_dir: Path, script: dict[str, Any]) ->
     handler.rec.close()
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+def main(argv: list[str] | None = None,
+         serve: Callable[[str, int, Path, dict[str, Any]], Awaitable[None]] = _serve,
+         description: str | None = __doc__) -> None:
+    parser = argparse.ArgumentParser(description=(description or "").splitlines()[0])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--script", default="{}", help="JSON script, see the module docstring")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
-    asyncio.run(_serve(args.host, args.port, args.out, json.loads(args.script)))
+    asyncio.run(serve(args.host, args.port, args.out, json.loads(args.script)))
 
 
 # ---------------------------------------------------------------------------------------------- client API
@@ -247,48 +248,29 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in lines if line.strip()]
 
 
-class ProviderSink:
+class ProviderSink(ServiceHarness):
     """``python -m tests.support.provider_sink`` in a child process; a context manager."""
+
+    _module = "tests.support.provider_sink"  # the child's module, also the log's name
 
     def __init__(self, host: str = "127.0.0.1", port: int | None = None,
                  out_dir: str | os.PathLike[str] | None = None, script: dict[str, Any] | None = None) -> None:
         self._host = host
         self._port = port
-        self._own_dir = out_dir is None
-        self.out_dir = Path(out_dir if out_dir is not None else tempfile.mkdtemp(prefix="provider-sink-"))
+        self._init_out_dir(out_dir, prefix="provider-sink-")
         self.script = dict(script or {})
-        self._proc: Any = None
 
-    def __repr__(self) -> str:
-        state = "running" if self._proc is not None and self._proc.running else "stopped"
-        return f"<ProviderSink {self._host}:{self._port} {state} out={self.out_dir}>"
-
-    @property
-    def host(self) -> str:
-        return self._host
-
-    @property
-    def port(self) -> int:
-        if self._port is None:
-            raise RuntimeError("ProviderSink has no port until start()")
-        return self._port
+    def _repr_extra(self) -> str:
+        return f" out={self.out_dir}"
 
     def start(self, timeout_s: float = 15.0) -> ProviderSink:
-        from tests.support.procs import ManagedProcess, free_port, wait_port
-
-        if self._proc is not None:
-            raise RuntimeError(f"{self!r} already started")
-        if self._port is None:
-            self._port = free_port(self._host)
+        self._begin_start()
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        argv = [sys.executable, "-m", "tests.support.provider_sink", "--host", self._host,
-                "--port", str(self._port), "--out", str(self.out_dir), "--script", json.dumps(self.script)]
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(_REPO_ROOT), env.get("PYTHONPATH")]))
-        env["PYTHONWARNINGS"] = "ignore"
-        self._proc = ManagedProcess(argv, self.out_dir / "provider-sink.log", name="provider-sink", env=env,
-                                    cwd=_REPO_ROOT).start()
-        wait_port(self._host, self._port, timeout_s, proc=self._proc)
+        args = ["--host", self._host, "--port", str(self._port), "--out", str(self.out_dir),
+                "--script", json.dumps(self.script)]
+        name = self._module.rsplit(".", 1)[1].replace("_", "-")
+        self._spawn_python(self._module, args, self.out_dir / f"{name}.log", name=name)
+        self._wait_port(timeout_s)
         return self
 
     def accepted(self) -> list[dict[str, Any]]:
@@ -306,24 +288,6 @@ class ProviderSink:
         """Every MAIL/RCPT/DATA decision in order, optionally only those of one ``rule``."""
         out = _read_jsonl(self.out_dir / "decisions.jsonl")
         return out if rule is None else [d for d in out if d["rule"] == rule]
-
-    def stop(self) -> None:
-        """Stop the sink by PID, keeping ``out_dir``; idempotent."""
-        if self._proc is not None:
-            self._proc.stop()
-            self._proc = None
-
-    def cleanup(self) -> None:
-        self.stop()
-        if self._own_dir:
-            shutil.rmtree(self.out_dir, ignore_errors=True)
-
-    def __enter__(self) -> ProviderSink:
-        return self.start()
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.cleanup()
 
 
 if __name__ == "__main__":

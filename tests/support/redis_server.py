@@ -13,9 +13,8 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
-from types import TracebackType
 
-from .procs import ManagedProcess, free_port, wait_port
+from .procs import ManagedProcess, ServiceHarness, free_port
 
 __all__ = ["RedisServer", "redis_server_path"]
 
@@ -26,31 +25,29 @@ def redis_server_path() -> str | None:
         "/usr/bin/redis-server" if Path("/usr/bin/redis-server").exists() else None)
 
 
-class RedisServer:
+class RedisServer(ServiceHarness):
     """``redis-server`` bound to ``host:port`` (a free port when none is given), data in ``workdir``."""
 
     def __init__(self, workdir: Path, host: str = "127.0.0.1", port: int | None = None) -> None:
-        self.dir = Path(workdir)
-        self.host = host
-        self.port = port if port is not None else free_port(host)
-        self.proc: ManagedProcess | None = None
+        self.dir = Path(workdir)  # the caller's: kept by stop(), reused by a restart
+        self._host = host
+        self._port = port if port is not None else free_port(host)
         self.starts = 0
 
-    def __repr__(self) -> str:
-        state = "running" if self.running else "stopped"
-        return f"<RedisServer {self.host}:{self.port} {state} starts={self.starts}>"
+    def _repr_extra(self) -> str:
+        return f" starts={self.starts}"
 
     @property
     def url(self) -> str:
         return f"redis://{self.host}:{self.port}/0"
 
     @property
-    def running(self) -> bool:
-        return self.proc is not None and self.proc.running
+    def proc(self) -> ManagedProcess | None:
+        return self._proc
 
     @property
     def pid(self) -> int | None:
-        return self.proc.pid if self.proc is not None else None
+        return self._proc.pid if self._proc is not None else None
 
     def start(self, timeout_s: float = 15.0) -> RedisServer:
         binary = redis_server_path()
@@ -63,25 +60,14 @@ class RedisServer:
         argv = [binary, "--bind", self.host, "--port", str(self.port), "--dir", str(self.dir),
                 "--save", "", "--appendonly", "no", "--daemonize", "no", "--protected-mode", "no",
                 "--logfile", "", "--databases", "1", "--unixsocket", ""]
-        self.proc = ManagedProcess(argv, self.dir / f"redis-{self.starts}.log", name="redis-server",
-                                   cwd=str(self.dir)).start()
-        wait_port(self.host, self.port, timeout_s, proc=self.proc)
+        self._spawn(argv, self.dir / f"redis-{self.starts}.log", name="redis-server", cwd=str(self.dir))
+        self._wait_port(timeout_s)
         return self
 
     def stop(self, timeout_s: float = 10.0) -> int | None:
         """Stop it by PID; idempotent. Returns its exit status."""
-        if self.proc is None:
-            return None
-        code = self.proc.stop(timeout_s=timeout_s)
-        self.proc = None
-        return code
+        return super().stop(timeout_s)
 
     def log_text(self) -> str:
+        """Every start's log, in order."""
         return "".join(p.read_text(errors="replace") for p in sorted(self.dir.glob("redis-*.log")))
-
-    def __enter__(self) -> RedisServer:
-        return self.start()
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.stop()

@@ -14,24 +14,20 @@ import json
 import os
 import pwd
 import re
-import shutil
-import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
-from tests.support.procs import ManagedProcess, free_port, wait_port
+from tests.support.procs import ServiceHarness
 
 __all__ = ["SMTP_SINK", "RecordingReceiver", "SmtpSink"]
 
 SMTP_SINK = "/usr/sbin/smtp-sink"
-_REPO_ROOT = Path(__file__).resolve().parents[2]
 _COUNTERS = re.compile(rb"sess=(\d+) quit=(\d+) mesg=(\d+)")
 
 
-class SmtpSink:
+class SmtpSink(ServiceHarness):
     """Postfix ``smtp-sink`` on ``host:port``; ``dump=True`` keeps one file per message."""
 
     def __init__(
@@ -54,22 +50,9 @@ class SmtpSink:
         self.max_concurrency = max_concurrency
         self.extra_args = list(extra_args)
         self.user = user
-        self._dir: Path | None = None
-        self._proc: ManagedProcess | None = None
 
-    def __repr__(self) -> str:
-        state = "running" if self._proc is not None and self._proc.running else "stopped"
-        return f"<SmtpSink {self._host}:{self._port} {state} dump={self.dump}>"
-
-    @property
-    def host(self) -> str:
-        return self._host
-
-    @property
-    def port(self) -> int:
-        if self._port is None:
-            raise RuntimeError("SmtpSink has no port until start()")
-        return self._port
+    def _repr_extra(self) -> str:
+        return f" dump={self.dump}"
 
     @property
     def dump_dir(self) -> Path:
@@ -79,10 +62,7 @@ class SmtpSink:
 
     def start(self, timeout_s: float = 10.0) -> SmtpSink:
         """Start smtp-sink and wait until it accepts TCP connections."""
-        if self._proc is not None:
-            raise RuntimeError(f"{self!r} already started")
-        if self._port is None:
-            self._port = free_port(self._host)
+        self._begin_start()
         # Directly under the system temp dir: pytest's tmp_path is 0700 root, which the
         # unprivileged sink (-u nobody) could not traverse to write its dumps.
         self._dir = Path(tempfile.mkdtemp(prefix="smtp-sink-"))
@@ -99,8 +79,8 @@ class SmtpSink:
                 self._dir.chmod(0o711)  # mkdtemp makes it 0700; the sink must traverse it
             argv += ["-d", f"{dump}/m."]  # strftime template; smtp-sink appends a random hex
         argv += [*self.extra_args, f"{self._host}:{self._port}", str(self.backlog)]
-        self._proc = ManagedProcess(argv, self._dir / "smtp-sink.log", name="smtp-sink").start()
-        wait_port(self._host, self._port, timeout_s, proc=self._proc)
+        self._spawn(argv, self._dir / "smtp-sink.log", name="smtp-sink")
+        self._wait_port(timeout_s)
         return self
 
     def counters(self) -> dict[str, int]:
@@ -137,25 +117,6 @@ class SmtpSink:
         """Recipients over all dumped messages (``dump=True`` only)."""
         return sum(len(m["rcpt_tos"]) for m in self.messages())
 
-    def stop(self) -> None:
-        """Stop smtp-sink by PID and remove its temp dir (dumps included); idempotent."""
-        if self._proc is not None:
-            self._proc.stop()
-            self._proc = None
-        if self._dir is not None:
-            shutil.rmtree(self._dir, ignore_errors=True)
-            self._dir = None
-
-    def __enter__(self) -> SmtpSink:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
 
 def _strip_angle(arg: str) -> str:
@@ -189,7 +150,7 @@ def _parse_sink_dump(path: Path) -> dict[str, Any]:
     }
 
 
-class RecordingReceiver:
+class RecordingReceiver(ServiceHarness):
     """aiosmtpd receiver in a child process; see ``tests.support.receiver`` for the format."""
 
     def __init__(
@@ -201,44 +162,22 @@ class RecordingReceiver:
     ) -> None:
         self._host = host
         self._port = port
-        self._own_dir = out_dir is None
-        self.out_dir = Path(out_dir if out_dir is not None else tempfile.mkdtemp(prefix="rcv-"))
+        self._init_out_dir(out_dir, prefix="rcv-")
         self.rules = rules or {}
-        self._proc: ManagedProcess | None = None
 
-    def __repr__(self) -> str:
-        state = "running" if self._proc is not None and self._proc.running else "stopped"
-        return f"<RecordingReceiver {self._host}:{self._port} {state} out={self.out_dir}>"
-
-    @property
-    def host(self) -> str:
-        return self._host
-
-    @property
-    def port(self) -> int:
-        if self._port is None:
-            raise RuntimeError("RecordingReceiver has no port until start()")
-        return self._port
+    def _repr_extra(self) -> str:
+        return f" out={self.out_dir}"
 
     def start(self, timeout_s: float = 15.0) -> RecordingReceiver:
         """Start the receiver process and wait until it accepts TCP connections."""
-        if self._proc is not None:
-            raise RuntimeError(f"{self!r} already started")
-        if self._port is None:
-            self._port = free_port(self._host)
+        self._begin_start()
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        argv = [
-            sys.executable, "-m", "tests.support.receiver",
+        args = [
             "--host", self._host, "--port", str(self._port),
             "--out", str(self.out_dir), "--rules", json.dumps(self.rules),
         ]  # fmt: skip
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(_REPO_ROOT), env.get("PYTHONPATH")]))
-        env["PYTHONWARNINGS"] = "ignore"
-        self._proc = ManagedProcess(
-            argv, self.out_dir / "receiver.log", name="receiver", env=env, cwd=_REPO_ROOT
-        ).start()
-        wait_port(self._host, self._port, timeout_s, proc=self._proc)
+        self._spawn_python("tests.support.receiver", args, self.out_dir / "receiver.log", name="receiver")
+        self._wait_port(timeout_s)
         return self
 
     def messages(self, accepted_only: bool = True) -> list[dict[str, Any]]:
@@ -259,26 +198,3 @@ class RecordingReceiver:
         except FileNotFoundError:
             return []
         return [json.loads(line) for line in text.splitlines() if line]
-
-    def stop(self) -> None:
-        """Stop the receiver by PID, keeping ``out_dir`` for inspection; idempotent."""
-        if self._proc is not None:
-            self._proc.stop()
-            self._proc = None
-
-    def cleanup(self) -> None:
-        """Stop, and remove ``out_dir`` if the receiver created it (the context manager exit)."""
-        self.stop()
-        if self._own_dir:
-            shutil.rmtree(self.out_dir, ignore_errors=True)
-
-    def __enter__(self) -> RecordingReceiver:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.cleanup()

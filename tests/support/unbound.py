@@ -16,12 +16,10 @@ with AD set, which is also the check that validation works at all. Stopped by PI
 
 from __future__ import annotations
 
-import shutil
 import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from types import TracebackType
 
 import dns.dnssec
 import dns.dnssectypes
@@ -35,14 +33,14 @@ import dns.rdatatype
 import dns.zone
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from tests.support.procs import ManagedProcess, free_port, wait_for
+from tests.support.procs import ServiceHarness, wait_for
 
 __all__ = ["UNBOUND", "ValidatingResolver"]
 
 UNBOUND = "/usr/sbin/unbound"
 
 
-class ValidatingResolver:
+class ValidatingResolver(ServiceHarness):
     """unbound validating a zone signed at ``start()``; a context manager.
 
     ``records`` are zone-file lines with absolute owner names, e.g.
@@ -65,29 +63,12 @@ class ValidatingResolver:
         self.tamper = list(tamper)
         self.origin = dns.name.from_text(origin)
         self.ttl_s = ttl_s
-        self._listen = listen
+        self._host = listen
         self._port = port
-        self._dir: Path | None = None
-        self._proc: ManagedProcess | None = None
         self.trust_anchor: str | None = None
 
-    def __repr__(self) -> str:
-        state = "running" if self._proc is not None and self._proc.running else "stopped"
-        return f"<ValidatingResolver {self._listen}:{self._port} {state} zone={self.origin} records={len(self.records)}>"
-
-    @property
-    def host(self) -> str:
-        return self._listen
-
-    @property
-    def port(self) -> int:
-        if self._port is None:
-            raise RuntimeError("ValidatingResolver has no port until start()")
-        return self._port
-
-    @property
-    def log_text(self) -> str:
-        return self._proc.log_text() if self._proc is not None else ""
+    def _repr_extra(self) -> str:
+        return f" zone={self.origin} records={len(self.records)}"
 
     # ------------------------------------------------------------------ zone
 
@@ -125,7 +106,7 @@ class ValidatingResolver:
         assert self._dir is not None and self.trust_anchor is not None
         o = self.origin.to_text()
         return f"""server:
-    interface: {self._listen}
+    interface: {self._host}
     port: {self._port}
     do-ip6: no
     do-daemonize: no
@@ -155,12 +136,9 @@ auth-zone:
 
     def start(self, timeout_s: float = 15.0) -> ValidatingResolver:
         """Sign, write the files, start unbound and wait for a validated (AD) SOA answer."""
-        if self._proc is not None:
-            raise RuntimeError(f"{self!r} already started")
         if not Path(UNBOUND).exists():
             raise RuntimeError(f"{UNBOUND} is missing: run scripts/bootstrap-system.sh")
-        if self._port is None:
-            self._port = free_port(self._listen)
+        self._begin_start()
         self._dir = Path(tempfile.mkdtemp(prefix="unbound-"))
         zonefile = self._dir / "zone.db"
         zonefile.write_text(self.signed_zone())
@@ -169,12 +147,11 @@ auth-zone:
         (self._dir / "root.hints").write_text(". 3600000 NS root.invalid.\nroot.invalid. 3600000 A 127.0.0.254\n")
         conf = self._dir / "unbound.conf"
         conf.write_text(self.config_text(zonefile))
-        self._proc = ManagedProcess([UNBOUND, "-d", "-c", str(conf)], self._dir / "unbound.log", name="unbound")
-        self._proc.start()
+        proc = self._spawn([UNBOUND, "-d", "-c", str(conf)], self._dir / "unbound.log", name="unbound")
         try:
             wait_for(self._validated, timeout_s, interval_s=0.05, what=f"{self!r} answering with AD")
         except AssertionError as exc:
-            tail = self._proc.log_tail()
+            tail = proc.log_tail()
             self.stop()
             raise AssertionError(f"{exc}; unbound log tail:\n{tail}") from None
         except BaseException:
@@ -195,24 +172,7 @@ auth-zone:
         """One UDP query with DO and AD set (RFC 6840 §5.7), as the engine sends them."""
         q = dns.message.make_query(name, rdtype, want_dnssec=True)
         q.flags |= dns.flags.AD
-        return dns.query.udp(q, self._listen, timeout=timeout_s, port=self.port)
-
-    def stop(self) -> None:
-        if self._proc is not None:
-            self._proc.stop()
-        if self._dir is not None:
-            shutil.rmtree(self._dir, ignore_errors=True)
-
-    def __enter__(self) -> ValidatingResolver:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
+        return dns.query.udp(q, self._host, timeout=timeout_s, port=self.port)
 
 
 def _split(line: str, origin: dns.name.Name) -> tuple[dns.name.Name, dns.rdatatype.RdataType, dns.rdata.Rdata]:
