@@ -8,7 +8,8 @@ says, per recipient, which reply applies to it. Scope rules (ARCHITECTURE invari
 - message: a MAIL reply, a DATA reply or the final reply applies to every recipient still open;
 - session: a 421 (§3.8) or a lost/timed-out connection (treated as 451, §3.8) applies to every
   recipient not yet finally answered. A connection lost after the final dot is UNKNOWN: the
-  message may have been delivered (§4.5.3.2.6, §6.1).
+  message may have been delivered (§4.5.3.2.6, §6.1). So is a lost connection after a pipelined
+  BDAT LAST whose MAIL or RCPT replies never came (``phase`` "payload", RFC 3030 §4.2).
 - LMTP (RFC 2033 §4.2): after the data each accepted recipient has its own reply
   (``result.data_rcpts``), which applies to that recipient only; one never answered because the
   connection went is UNKNOWN, as above.
@@ -65,17 +66,23 @@ def transaction_outcomes(indexes: Sequence[int], result: Any) -> tuple[list[Outc
             text = f"connection lost after the final dot, delivery status unknown: {text}"
         return (index, 451, "4.4.2", text, phase, unknown)
 
+    # The content went out before MAIL/RCPT were answered (a pipelined BDAT LAST, RFC 3030 §4.2)
+    # and the connection was lost: the server may have taken it, so an unanswered recipient is
+    # UNKNOWN, not merely deferred (a 421 says the server took nothing more: §3.8).
+    sent_blind = result.phase == "payload" and closing is None
     mail = result.mail
     if mail is None or not 200 <= mail.code < 300:
         if mail is None or mail.code == 421:
-            return [lost(i, "mail") for i in indexes], []
+            return [lost(i, "data" if sent_blind else "mail", sent_blind) for i in indexes], []
         return [_reply_outcome(i, mail, "mail") for i in indexes], []
     out: list[Outcome] = []
     accepted: list[int] = []
     again: list[int] = []
     for n, index in enumerate(indexes):
         reply = result.rcpts[n] if n < len(result.rcpts) else None
-        if reply is None or reply.code == 421:
+        if reply is None and sent_blind:
+            out.append(lost(index, "data", True))
+        elif reply is None or reply.code == 421:
             out.append(lost(index, "rcpt"))
         elif 200 <= reply.code < 300:
             accepted.append(index)

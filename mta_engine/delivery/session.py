@@ -20,6 +20,19 @@ chain, checked right after the handshake, before EHLO is sent again (RFC 7672 §
 ``delivery/dane.py``). Transactions given a ``PreparedMessage`` use SIZE, 8BITMIME, SMTPUTF8
 and CHUNKING as ``smtp/transaction.py`` plans them; a refusal made locally never touches the wire.
 
+Pipelining across transactions (``run_transactions``, STANDARDS X01/X02, T01, D07): with
+PIPELINING, consecutive transactions share round trips. DATA: after each 354 one write carries
+the content, the final dot and the next ``MAIL RCPT... DATA`` (RFC 2920 §3.1: content may be the
+first "command" of a group), so one round trip per message. CHUNKING: each single-chunk message
+is one ``[RSET] MAIL RCPT... BDAT n LAST`` group and the next group goes out before the previous
+replies are read (RFC 3030 §4.2). At most ``MAX_UNANSWERED`` (2) transactions await their final
+reply. Replies are matched in order; each applies to its own transaction. After a dot's reply no
+RSET (§4.1.1.4); RSET after a refused DATA, and before any group that follows an unanswered BDAT
+LAST (a failed BDAT leaves the state undefined, RFC 3030 §2). A session failure leaves the
+transaction being answered as ``transaction`` would (a lost connection after its dot: UNKNOWN),
+the ones already written "not attempted" (no reply), or UNKNOWN when their BDAT LAST had gone out.
+Multi-chunk messages go alone; LMTP and servers without PIPELINING run one by one.
+
 LMTP (RFC 2033): ``open(..., lmtp=True)`` returns an ``LmtpSession`` (LHLO, per-recipient replies
 after the data in ``TransactionResult.data_rcpts``), over TCP or a unix socket (``unix=True``).
 """
@@ -30,7 +43,8 @@ import asyncio
 import datetime
 import ssl
 import time
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import Iterator, Sequence
 from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import Any
@@ -82,6 +96,7 @@ __all__ = [
     "SmtpTimeouts",
     "TlsNegotiationError",
     "TlsPolicy",
+    "TransactionItem",
     "TransactionResult",
 ]
 
@@ -91,8 +106,15 @@ _AUTH = "AUTH"  # RFC 4954 §3: EHLO keyword, parameters = SASL mechanisms
 _CLOSING = 421  # RFC 5321 §3.8: the server is closing the channel
 _ABORT_DATA = Payload(b".\r\n")  # RFC 2920 §3.1: 354 but no recipient accepted → lone dot
 _AUTH_CANCEL = AuthResponse("*")  # RFC 4954 §4: "*" cancels an AUTH exchange; the server answers 501
+_CHUNKING = "CHUNKING"  # RFC 3030 §2
 # Command-mode states from which the next transaction's leading RSET is legal (§4.1.1.5).
 _REUSABLE = frozenset({State.READY, State.MAIL_SENT, State.RCPT_SENT})
+# ``run_transactions``: at most this many transactions whose final reply is outstanding at once, which
+# bounds how many messages end UNKNOWN when the connection dies (RFC 5321 §6.1).
+MAX_UNANSWERED = 2
+
+# One transaction for ``SmtpSession.run_transactions``: sender, recipients, message, DSN parameters.
+TransactionItem = tuple[str, Sequence[str], "PreparedMessage | bytes", "DsnParams | None"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,6 +189,54 @@ def _accepted(result: TransactionResult) -> bool:
     return mail is not None and mail.is_success and any(r is not None and r.is_success for r in result.rcpts)
 
 
+class _Tx:
+    """One transaction of a ``run_transactions`` batch: its plan, its result and what went out."""
+
+    __slots__ = ("plan", "result", "reset", "content_sent")
+
+    def __init__(self, plan: TransactionPlan, result: TransactionResult) -> None:
+        self.plan = plan
+        self.result = result
+        self.reset = False  # its group starts with RSET
+        self.content_sent = False  # its BDAT LAST (with the content) was written before any reply
+
+
+def _single_chunk(plan: TransactionPlan) -> bool:
+    """True if the body is one BDAT LAST, which may go in the same group as MAIL and RCPT."""
+    return isinstance(plan.body, tuple) and len(plan.body) == 1
+
+
+def _fail_unanswered(inflight: deque[_Tx], exc: Exception) -> None:
+    """The session failed with ``inflight`` (oldest first) written but not all answered.
+
+    The oldest was being answered: it fails as a lone transaction would. The others got no reply:
+    "not attempted" (``mail`` None, phase "mail") after a 421 or when their content never went
+    out; with their BDAT LAST already written and no 421, phase "payload": UNKNOWN (outcome.py).
+    """
+    closing = isinstance(exc, ServerClosingError)
+    for n, tx in enumerate(inflight):
+        result = tx.result
+        if n == 0:
+            if isinstance(exc, ServerClosingError):
+                _record_closing(result, exc)
+                if result.mail is None:
+                    result.phase = "mail"  # the 421 answered its RSET: nothing of it was taken
+            result.error = exc
+        elif tx.content_sent and not closing:
+            result.error = exc
+        else:
+            result.phase = "mail"
+            result.error = NetworkError(f"not attempted: the session ended before this pipelined transaction "
+                                        f"was answered ({type(exc).__name__}: {exc})")
+            result.error.__cause__ = exc
+
+
+def _ended_clean(result: TransactionResult) -> bool:
+    """True if the transaction ended with a 2xx to its BDAT LAST (or dot): no RSET is needed."""
+    data = result.data
+    return result.phase == "payload" and data is not None and data.is_success
+
+
 def _record_closing(result: TransactionResult, exc: ServerClosingError) -> None:
     """Store a 421 reply in the slot of the command it answered (R08: the rest stay None)."""
     if exc.phase == "mail":
@@ -199,6 +269,7 @@ class SmtpSession:
         "_loop",
     )
     _CONNECTION: type[ClientConnection] = ClientConnection  # LmtpSession: LmtpConnection
+    _BATCHES = True  # ``run_transactions`` pipelines across transactions (LmtpSession: one by one)
 
     def __init__(
         self,
@@ -504,29 +575,9 @@ class SmtpSession:
         """
         if not self.usable:
             raise LocalProtocolError(f"transaction on an unusable session {self!r}")
-        if not recipients:
-            raise LocalProtocolError("a transaction needs at least one recipient")
-        if isinstance(payload, PreparedMessage):
-            planned = plan_transaction(
-                self._conn.extensions,
-                sender,
-                recipients,
-                payload,
-                server=self._server,
-                chunking=self._chunking,
-                mail_params=mail_params,
-                dsn=dsn,
-            )
-        else:
-            planned = plan_legacy(sender, recipients, payload, mail_params)
-        n = len(recipients)
-        if isinstance(planned, Reply):  # refused locally: nothing goes on the wire
-            return TransactionResult(planned, [None] * n, None, None, "mail", local=True)
-        plan = planned
-        result = TransactionResult(mail=None, rcpts=[None] * n, data=None, error=None, phase="mail")
-        for index, reply in plan.refused.items():
-            result.rcpts[index] = reply
-        result.local_rcpts = tuple(sorted(plan.refused))
+        result, plan = self._plan(sender, recipients, payload, mail_params, dsn)
+        if plan is None:  # refused locally: nothing goes on the wire
+            return result
         reset = self.transactions > 0  # T01/T09: RSET before reusing the connection
         self.transactions += 1
         try:
@@ -544,6 +595,208 @@ class SmtpSession:
             raise
         self.last_used = time.monotonic()
         return result
+
+    def _plan(
+        self,
+        sender: str,
+        recipients: Sequence[str],
+        payload: bytes | PreparedMessage,
+        mail_params: tuple[str, ...],
+        dsn: DsnParams | None,
+    ) -> tuple[TransactionResult, TransactionPlan | None]:
+        """The transaction's result so far and its plan; no plan = refused locally (``result.local``)."""
+        if not recipients:
+            raise LocalProtocolError("a transaction needs at least one recipient")
+        if isinstance(payload, PreparedMessage):
+            planned = plan_transaction(
+                self._conn.extensions,
+                sender,
+                recipients,
+                payload,
+                server=self._server,
+                chunking=self._chunking,
+                mail_params=mail_params,
+                dsn=dsn,
+            )
+        else:
+            planned = plan_legacy(sender, recipients, payload, mail_params)
+        n = len(recipients)
+        if isinstance(planned, Reply):
+            return TransactionResult(planned, [None] * n, None, None, "mail", local=True), None
+        result = TransactionResult(mail=None, rcpts=[None] * n, data=None, error=None, phase="mail")
+        for index, reply in planned.refused.items():
+            result.rcpts[index] = reply
+        result.local_rcpts = tuple(sorted(planned.refused))
+        return result, planned
+
+    async def run_transactions(self, items: Sequence[TransactionItem]) -> list[TransactionResult]:
+        """Run consecutive transactions, pipelined across transaction boundaries; one result each.
+
+        With PIPELINING (RFC 2920 §3.1) and DATA: ``[RSET] MAIL RCPT... DATA``, then after the 354
+        one write of ``content+dot, MAIL RCPT... DATA`` of the next: one round trip per message.
+        With CHUNKING (RFC 3030 §4.2): ``[RSET] MAIL RCPT... BDAT n LAST`` per message, the next
+        group written before the previous replies are read. At most ``MAX_UNANSWERED``
+        transactions have their final reply outstanding. No RSET after a transaction ended by the
+        reply to its dot or a 2xx to its BDAT LAST (§4.1.1.4); RSET when it may still be open
+        (DATA refused; any group that follows an unanswered BDAT LAST, since a failed BDAT leaves
+        the state undefined, RFC 3030 §2), and before the first when the session was used.
+
+        Every reply applies to its own transaction, as with ``transaction``: a DATA not answered
+        354 sends no content (D07). When the session fails (421, timeout, lost connection), the
+        transaction being answered fails as it would alone; the later ones already written got no
+        reply: "not attempted" (``mail`` None, ``error`` set), or, for a BDAT LAST already written
+        and no 421, phase "payload" (UNKNOWN). Items never started get no result: the list may be
+        shorter than ``items`` (the session is then unusable, or its RSET was refused). Local
+        refusals (SIZE, 8BITMIME, SMTPUTF8) never touch the wire. Without PIPELINING, and for
+        LMTP, the items run one by one through ``transaction``.
+        """
+        if not self.usable:
+            raise LocalProtocolError(f"run_transactions on an unusable session {self!r}")
+        if not (self._BATCHES and self._conn.supports(_PIPELINING)):
+            return await self._one_by_one(items)
+        results: list[TransactionResult] = []
+        inflight: deque[_Tx] = deque()  # written, not yet fully answered, oldest first
+        queue = iter(items)
+        try:
+            if self._chunking and self._conn.supports(_CHUNKING):
+                await self._batch_bdat(queue, results, inflight)
+            else:
+                await self._batch_data(queue, results, inflight)
+        except (NetworkError, DeliveryTimeout, RemoteProtocolError) as exc:
+            _fail_unanswered(inflight, exc)
+            self.abort()
+        except BaseException:
+            self.abort()
+            raise
+        self.last_used = time.monotonic()
+        return results
+
+    async def _one_by_one(self, items: Sequence[TransactionItem]) -> list[TransactionResult]:
+        results: list[TransactionResult] = []
+        for sender, recipients, payload, dsn in items:
+            if not self.usable:
+                break
+            results.append(await self.transaction(sender, recipients, payload, dsn=dsn))
+        return results
+
+    def _next_tx(self, queue: Iterator[TransactionItem], results: list[TransactionResult]) -> _Tx | None:
+        """The next transaction that goes on the wire (local refusals are added to ``results``)."""
+        while self._usable:  # not after a refused RSET
+            item = next(queue, None)
+            if item is None:
+                return None
+            sender, recipients, payload, dsn = item
+            result, plan = self._plan(sender, recipients, payload, (), dsn)
+            results.append(result)
+            if plan is not None:
+                return _Tx(plan, result)
+        return None
+
+    def _head(self, tx: _Tx, reset: bool) -> list[Command]:
+        """``[RSET] MAIL RCPT... DATA`` (or ``BDAT n LAST``) of ``tx``; counts the transaction."""
+        tx.reset = reset
+        self.transactions += 1
+        plan = tx.plan
+        group: list[Command] = [Rset()] if reset else []
+        group += [plan.mail, *(rcpt for _, rcpt in plan.rcpts)]
+        group.append(plan.body[0] if isinstance(plan.body, tuple) else Data())
+        return group
+
+    async def _read_head(self, tx: _Tx) -> None:
+        """The replies to ``tx``'s group: RSET, MAIL, each RCPT, then DATA's (or BDAT LAST's)."""
+        timeouts, result = self._timeouts, tx.result
+        if tx.reset:
+            self._check_rset(await self._reply(timeouts.mail_s, ReplyTimeout, "rset"))
+        result.mail = await self._reply(timeouts.mail_s, ReplyTimeout, "mail")
+        if not tx.content_sent:
+            result.phase = "rcpt"
+        for index, _ in tx.plan.rcpts:
+            result.rcpts[index] = await self._reply(timeouts.rcpt_s, ReplyTimeout, "rcpt")
+        if tx.content_sent:
+            result.data = await self._reply(timeouts.final_s, DataTimeout, "payload")
+            return
+        result.phase = "data"
+        result.data = await self._reply(timeouts.data_s, ReplyTimeout, "data")
+
+    async def _batch_data(
+        self, queue: Iterator[TransactionItem], results: list[TransactionResult], inflight: deque[_Tx]
+    ) -> None:
+        """DATA: after each 354, the content and the next transaction's group in one write."""
+        timeouts = self._timeouts
+        tx = self._next_tx(queue, results)
+        if tx is None:
+            return
+        group = self._head(tx, self.transactions > 0)  # T01/T09: RSET before reusing the connection
+        inflight.append(tx)
+        self._write(self._conn.send_pipelined(group))
+        await self._read_head(tx)
+        while True:
+            body: Payload | None = None
+            if self._conn.state is State.DATA_READY:  # D07: content only after a 354
+                assert isinstance(tx.plan.body, Payload)
+                body = tx.plan.body if _accepted(tx.result) else _ABORT_DATA
+            nxt = self._next_tx(queue, results)
+            if body is None:  # no content: the server may still hold the transaction, so RSET
+                inflight.popleft()
+                if nxt is None:
+                    return
+                group = self._head(nxt, True)
+            else:  # RFC 2920 §3.1: the content first, then the next group; the dot reply ends tx
+                group = [body, *(self._head(nxt, False) if nxt is not None else ())]
+            if nxt is not None:
+                inflight.append(nxt)
+            self._write(self._conn.send_pipelined(group))
+            if body is not None:
+                await self._proto.drain(timeouts.block_s)
+                phase = "data" if body is _ABORT_DATA else "payload"
+                tx.result.phase = phase
+                tx.result.data = await self._reply(timeouts.final_s, DataTimeout, phase)
+                inflight.popleft()
+            if nxt is None:
+                return
+            tx = nxt
+            await self._read_head(tx)
+
+    async def _batch_bdat(
+        self, queue: Iterator[TransactionItem], results: list[TransactionResult], inflight: deque[_Tx]
+    ) -> None:
+        """CHUNKING: whole single-chunk transactions, up to ``MAX_UNANSWERED`` unanswered."""
+        timeouts = self._timeouts
+        dirty = self.transactions > 0  # the server may hold a transaction: RSET first
+        held: _Tx | None = None  # a transaction that must wait until nothing is unanswered
+        while True:
+            group: list[Command] = []
+            new: list[_Tx] = []
+            while len(inflight) + len(new) < MAX_UNANSWERED:
+                tx = held if held is not None else self._next_tx(queue, results)
+                held = None
+                if tx is None:
+                    break
+                if not _single_chunk(tx.plan):  # several chunks (or DATA): alone, as ``transaction``
+                    if inflight or new:
+                        held = tx
+                        break
+                    inflight.append(tx)
+                    self.transactions += 1
+                    await self._run_pipelined(tx.result, dirty, tx.plan)
+                    inflight.popleft()
+                    dirty = not _ended_clean(tx.result)
+                    continue
+                group += self._head(tx, dirty or bool(inflight or new))  # after an unanswered BDAT LAST
+                new.append(tx)
+            if group:
+                inflight.extend(new)
+                self._write(self._conn.send_pipelined(group))
+                for tx in new:
+                    tx.content_sent = True
+                    tx.result.phase = "payload"  # the content is out: from here a lost reply is UNKNOWN
+                await self._proto.drain(timeouts.block_s)
+            if not inflight:
+                return
+            tx = inflight[0]
+            await self._read_head(tx)
+            inflight.popleft()
+            dirty = not _ended_clean(tx.result)
 
     async def _run_pipelined(self, result: TransactionResult, reset: bool, plan: TransactionPlan) -> None:
         """RFC 2920: one write of [RSET] MAIL RCPT... DATA (or the first BDAT), then every reply."""
@@ -705,6 +958,7 @@ class LmtpSession(SmtpSession):
 
     __slots__ = ()
     _CONNECTION = LmtpConnection
+    _BATCHES = False  # per-recipient replies after the data: ``run_transactions`` runs one by one
 
     async def _hello(self, ehlo_name: str) -> tuple[str, Reply]:
         return "lhlo", await self._command(Lhlo(ehlo_name), self._timeouts.ehlo_s, ReplyTimeout, "lhlo")

@@ -4,7 +4,8 @@ Contract: network-facing and stateless. Decides nothing about a recipient's fate
 replies (or locally made transient outcomes) and the manager decides. Opens the spool read-only
 to read bodies. Renders template bodies per recipient at delivery time (merge at delivery).
 Keeps, per site, up to ``max_connections_per_site`` runners; each runner holds one session and
-reuses it for the site's next job (RSET between transactions); idle sessions wait in a pool keyed
+reuses it for the site's next job (RSET between transactions); a job of rendered bodies goes through
+``SmtpSession.run_transactions``, pipelined across transactions; idle sessions wait in a pool keyed
 by endpoint until ``idle_timeout_s``. If the manager goes away the worker exits (the manager
 re-queues whatever it had leased to us).
 """
@@ -25,7 +26,7 @@ import structlog
 from ..config import LMTP_SITE_PREFIX, RELAY_SITE_PREFIX, Config, parse_lmtp_endpoint
 from ..delivery.outcome import Outcome, error_text, local_failure, transaction_outcomes
 from ..delivery.pool import ConnectionPool, Endpoint
-from ..delivery.session import SessionRefused, SmtpSession, SmtpTimeouts
+from ..delivery.session import SessionRefused, SmtpSession, SmtpTimeouts, TransactionItem
 from ..errors import DeliveryTimeout, DnsError, MtaError, SpoolCorrupt, TlsError
 from ..routing.mx import MxHost, order_mx
 from ..routing.mta_sts import MtaStsCache, StsPolicy
@@ -44,8 +45,21 @@ log = structlog.get_logger("worker")
 FLUSH_S = 0.005
 FLUSH_ITEMS = 512
 BODY_CACHE = 2048
+PIPELINE_CHUNK = 16  # rendered bodies: transactions handed to a session (and rendered) at a time
 _NO_TLS = TlsPolicy("none")  # LMTP over a unix socket: local, never TLS
 STS_CHECK_S = 3600.0  # MTA-STS testing: a domain's MX hosts are checked at most this often
+
+
+def _failed_kind(failed: list[Outcome]) -> str:
+    """How a job that got no session went, for the site: connect_failed (connect or DNS) or closing_421."""
+    return "connect_failed" if failed and failed[0][4] in ("connect", "dns") else "closing_421"
+
+
+def _error_kind(out: list[Outcome], error: BaseException) -> str:
+    """How a session that failed with ``error`` went, for the site: closing_421 or timeout."""
+    if any(o[1] == 421 for o in out):
+        return "closing_421"
+    return "timeout" if isinstance(error, (DeliveryTimeout, TimeoutError)) else "closing_421"
 
 
 class Body:
@@ -484,60 +498,106 @@ class Worker:
 
     async def _deliver(self, job: dict[str, Any], body: Body, held: list[SmtpSession | None],
                        endpoint: Endpoint | None) -> tuple[SmtpSession | None, Endpoint | None]:
-        session = held[0]
+        if job["per_rcpt"]:
+            return await self._deliver_each(job, body, held, endpoint)
+        # a shared body: one transaction for all the job's recipients (more only after 452 splits)
         rcpts = {r[0]: r for r in job["rcpts"]}
-        batches = [[i] for i in rcpts] if job["per_rcpt"] else [list(rcpts)]
+        session, endpoint, failed = await self._session(job, held, endpoint, list(rcpts))
+        if session is None or endpoint is None:
+            self.report(job, failed, None, None, _failed_kind(failed), None)
+            return None, None
+        results: list[Outcome] = []
+        kind = await self._transactions(job, body, session, rcpts, list(rcpts), results)
+        mx, ip, tls_info = session.mx_name, endpoint.ip, session.tls_info
+        if not session.usable:
+            session.abort()
+            session = endpoint = held[0] = None
+        self.report(job, results, mx, ip, kind, tls_info)
+        return session, endpoint
+
+    async def _session(self, job: dict[str, Any], held: list[SmtpSession | None], endpoint: Endpoint | None,
+                       pending: list[int]) -> tuple[SmtpSession | None, Endpoint | None, list[Outcome]]:
+        """The held session if it may carry more, else a new one (``held[0]`` follows); with no
+        session, the outcomes for ``pending`` say why."""
+        session = held[0] = self._fresh(held[0], job)
+        if session is not None:
+            return session, endpoint, []
+        session, endpoint, failed = await self.connect(job, pending)
+        held[0] = session
+        return session, endpoint, failed
+
+    async def _deliver_each(self, job: dict[str, Any], body: Body, held: list[SmtpSession | None],
+                            endpoint: Endpoint | None) -> tuple[SmtpSession | None, Endpoint | None]:
+        """Rendered bodies: one transaction per recipient, ``PIPELINE_CHUNK`` at a time through
+        ``SmtpSession.run_transactions`` (pipelined across transactions when the server offers
+        PIPELINING), rendering only that many ahead; each chunk's outcomes are reported at once."""
+        session: SmtpSession | None = held[0]
+        rcpts = {r[0]: r for r in job["rcpts"]}
+        todo = list(rcpts)
+        cap = job.get("msgs_per_conn") or self.cfg.delivery.max_messages_per_connection
         results: list[Outcome] = []
         kind = "delivered"
         mx = ip = tls_info = None
-        for n, batch in enumerate(batches):
-            session = held[0] = self._fresh(session, job)
+        pos = 0
+        while pos < len(todo):
+            session, endpoint, failed = await self._session(job, held, endpoint, todo[pos:])
             if session is None:
-                session, endpoint, failed = await self.connect(job, [i for b in batches[n:] for i in b])
-                held[0] = session
-                if session is None:
-                    results.extend(failed)
-                    kind = "connect_failed" if failed and failed[0][4] in ("connect", "dns") else "closing_421"
-                    break
+                results.extend(failed)
+                kind = _failed_kind(failed)
+                break
             assert endpoint is not None
             mx, ip, tls_info = session.mx_name, endpoint.ip, session.tls_info
-            batch_kind = await self._transactions(job, body, session, rcpts, batch, results)
-            if batch_kind != "delivered":
-                kind = batch_kind
-            if len(batches) > 1 and n + 1 < len(batches) and results:
+            chunk = todo[pos:pos + max(1, min(PIPELINE_CHUNK, cap - session.transactions))]
+            got = await session.run_transactions([self._item(job, body, rcpts, [i]) for i in chunk])
+            if not got:
+                raise MtaError(f"{session!r} carried none of {len(chunk)} transactions")
+            chunk_kind = "delivered"
+            for index, result in zip(chunk, got):
+                # one recipient per transaction: a 452 is that recipient's deferral (nothing to split)
+                out, _ = transaction_outcomes([index], result)
+                results.extend(out)
+                if result.error is not None and chunk_kind == "delivered":
+                    chunk_kind = _error_kind(out, result.error)
+            pos += len(got)
+            if chunk_kind != "delivered":
+                kind = chunk_kind
+            if pos < len(todo) and results:
                 self.report_partial(job, results, mx, ip, tls_info)
                 results = []
             if not session.usable:
                 session.abort()
                 session = endpoint = held[0] = None
-                if batch_kind in ("closing_421", "timeout"):
+                if chunk_kind in ("closing_421", "timeout"):
                     # the site is pushing back: give the rest back to the manager's pacing
-                    rest = [i for b in batches[n + 1:] for i in b]
-                    results.extend(local_failure(rest, 451, "4.4.2", "not attempted: the previous session "
+                    results.extend(local_failure(todo[pos:], 451, "4.4.2", "not attempted: the previous session "
                                                  "on this site was closed", "connect"))
                     break
         self.report(job, results, mx, ip, kind, tls_info)
         return session, endpoint
 
+    def _item(self, job: dict[str, Any], body: Body, rcpts: dict[int, Any],
+              pending: list[int]) -> TransactionItem:
+        """(sender, recipient addresses, rendered message, DSN parameters) of one transaction."""
+        payload = self.payload(job, body, rcpts[pending[0]])
+        ret, envid = job.get("dsn") or (None, None)
+        dsn = DsnParams(ret, envid, tuple((rcpts[i][4], rcpts[i][5]) if len(rcpts[i]) > 5 else (None, None)
+                                          for i in pending))
+        sender = job["sender"]
+        if sender and self.cfg.delivery.verp_domain:  # VERP return path (dsn/verp.py, issue 5)
+            from ..dsn.verp import return_path
+            sender = return_path(sender, job["msg"], pending, self.cfg.delivery.verp_domain)
+        return sender, [rcpts[i][1] for i in pending], payload, dsn
+
     async def _transactions(self, job: dict[str, Any], body: Body, session: SmtpSession, rcpts: dict[int, Any],
                             pending: list[int], results: list[Outcome]) -> str:
         """Send ``pending`` in as many transactions as 452 splits require; returns the session's kind."""
         while pending:
-            payload = self.payload(job, body, rcpts[pending[0]])
-            ret, envid = job.get("dsn") or (None, None)
-            dsn = DsnParams(ret, envid, tuple((rcpts[i][4], rcpts[i][5]) if len(rcpts[i]) > 5 else (None, None)
-                                              for i in pending))
-            sender = job["sender"]
-            if sender and self.cfg.delivery.verp_domain:  # VERP return path (dsn/verp.py, issue 5)
-                from ..dsn.verp import return_path
-                sender = return_path(sender, job["msg"], pending, self.cfg.delivery.verp_domain)
-            result = await session.transaction(sender, [rcpts[i][1] for i in pending], payload, dsn=dsn)
+            sender, addresses, payload, dsn = self._item(job, body, rcpts, pending)
+            result = await session.transaction(sender, addresses, payload, dsn=dsn)
             out, again = transaction_outcomes(pending, result)
             results.extend(out)
             if result.error is not None:
-                if any(o[1] == 421 for o in out):
-                    return "closing_421"
-                return "timeout" if isinstance(result.error, (DeliveryTimeout, TimeoutError)) else "closing_421"
+                return _error_kind(out, result.error)
             if not again:
                 return "delivered"
             if not session.usable:

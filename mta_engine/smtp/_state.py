@@ -129,6 +129,11 @@ SEND: Final[dict[tuple[State, type[Command]], State]] = {
     (State.RCPT_SENT, Noop): State.RCPT_SENT,
     (State.RCPT_SENT, Quit): State.QUIT_SENT,
     (State.DATA_READY, Payload): State.PAYLOAD_SENT,
+    # RFC 2920 §3.1: message content may be the first "command" of a group, and RSET and MAIL may
+    # appear anywhere in one: the next transaction may follow the final dot or BDAT LAST before
+    # their reply (only with PIPELINING, checked by the connection; replies are matched in order).
+    (State.PAYLOAD_SENT, MailFrom): State.MAIL_SENT,
+    (State.PAYLOAD_SENT, Rset): State.READY,
     # RFC 3030 §2-§3: BDAT replaces DATA after the RCPTs; DATA and BDAT never mix in one
     # transaction, so BDAT_SENT allows only more BDAT (and no DATA, RSET or QUIT mid-chunk).
     (State.RCPT_SENT, Bdat): State.BDAT_SENT,
@@ -193,10 +198,14 @@ ON_REPLY: Final[dict[tuple[type[Command] | None, ReplyKind], State]] = {
     (StartTls, ReplyKind.FAILURE): State.READY,  # 454: carry on in plaintext (RFC 3207 §4)
 }
 
-# RFC 2920 §3.1: only these may be followed by more commands in the same pipelined group; EHLO,
-# DATA, VRFY, EXPN, TURN, QUIT and NOOP end a group; STARTTLS too (RFC 3207 §4.2). Non-last BDAT
-# chunks may be pipelined (RFC 3030 §4.2); BDAT LAST ends the transaction and the group.
-GROUP_MAY_CONTINUE: Final[frozenset[type[Command]]] = frozenset({MailFrom, RcptTo, Rset, Bdat})
+# RFC 2920 §3.1: only these may be followed by more commands in the same pipelined group (or by
+# a new group before their reply); EHLO, DATA, VRFY, EXPN, TURN, QUIT and NOOP end a group;
+# STARTTLS too (RFC 3207 §4.2). Non-last BDAT chunks may be pipelined (RFC 3030 §4.2). The end of
+# the data (the content after a 354, or BDAT LAST) may be followed only by the next transaction's
+# RSET or MAIL: SEND has no other row from PAYLOAD_SENT.
+GROUP_MAY_CONTINUE: Final[frozenset[type[Command]]] = frozenset(
+    {MailFrom, RcptTo, Rset, Bdat, Payload, BdatLast}
+)
 
 
 def next_state_on_send(

@@ -3,7 +3,9 @@
 Contract: the caller writes what ``send``/``send_pipelined`` return, feeds what it reads to
 ``receive_data`` (``b""`` at end of file) and loops on ``next_event`` until ``NEED_DATA``. Each
 reply is matched, in order, to the command it answers; the first reply is the greeting
-(command ``None``). It never does I/O, never reads a clock and never decides what a rejection
+(command ``None``). With PIPELINING the next transaction may be sent while the reply to the
+previous one's final dot or BDAT LAST is still pending (RFC 2920 §3.1); ``pending`` then spans
+both transactions and the state follows the last command sent until its reply arrives. It never does I/O, never reads a clock and never decides what a rejection
 means. It fails two ways: ``LocalProtocolError`` when the caller asks for something the state
 table (``_state.py``) or RFC 2920 pipelining rules forbid, and ``RemoteProtocolError`` when
 the server sends something that is not SMTP (after which the connection is in ``ERROR``).
@@ -81,6 +83,7 @@ class ClientConnection:
 
     __slots__ = ("state", "extensions", "pending", "authenticated", "_parser", "_eof")
     _send_table = SEND  # the legal moves (LmtpConnection: LMTP_SEND)
+    _may_continue = GROUP_MAY_CONTINUE  # commands a group (or a new group) may follow unanswered
 
     def __init__(self) -> None:
         self.state: State = State.CONNECTED
@@ -112,7 +115,7 @@ class ClientConnection:
             raise LocalProtocolError(
                 f"a reply is still pending and the server did not advertise {_PIPELINING}"
             )
-        if type(self.pending[-1]) not in GROUP_MAY_CONTINUE:
+        if type(self.pending[-1]) not in self._may_continue:
             raise LocalProtocolError(
                 f"{type(self.pending[-1]).__name__} must be answered before the next command (RFC 2920 §3.1)"
             )
@@ -142,8 +145,10 @@ class ClientConnection:
     def send_pipelined(self, commands: Sequence[Command]) -> bytes:
         """Record a pipelined command group (RFC 2920) and return its bytes, for one write.
 
-        Only MAIL, RCPT and RSET may be followed by another command in the group; the group is
-        checked as a whole before any state changes.
+        Only MAIL, RCPT, RSET, a non-last BDAT and the end of the data (the content after a 354,
+        or BDAT LAST) may be followed by another command in the group; the state table says
+        which (after the end of the data: the next transaction's RSET or MAIL, RFC 2920 §3.1).
+        The group is checked as a whole before any state changes.
         """
         if not commands:
             raise LocalProtocolError("empty command group")
@@ -154,7 +159,7 @@ class ClientConnection:
         if len(commands) > 1 and not self.supports(_PIPELINING):
             raise LocalProtocolError(f"the server did not advertise {_PIPELINING}")
         for command in commands[:-1]:
-            if type(command) not in GROUP_MAY_CONTINUE:
+            if type(command) not in self._may_continue:
                 raise LocalProtocolError(
                     f"{type(command).__name__} must be the last command of a group (RFC 2920 §3.1)"
                 )
@@ -224,6 +229,9 @@ class LmtpConnection(ClientConnection):
 
     __slots__ = ("rcpts_accepted",)
     _send_table = LMTP_SEND
+    # Nothing follows the end of the data before all its replies: how many there are is only
+    # known from the RCPT replies (RFC 2033 §4.2).
+    _may_continue = GROUP_MAY_CONTINUE - PER_RECIPIENT_REPLIES
 
     def __init__(self) -> None:
         super().__init__()

@@ -14,6 +14,12 @@ reading message content, before the end), ``dot`` (reply to the final dot or BDA
 (FIN), ``"reset"`` (RST), ``"tls_garbage"`` (starttls only: 220, then plaintext instead of a
 handshake), ``"inject"`` (starttls only: 220 and a second reply in the same write, then stall)
 or raw reply text sent as is (CRLF added when missing; may be several lines or garbage).
+``after`` delays a phase's action: that many normal replies in that phase first (over all
+connections), so "421 to the second dot" is ``actions={"dot": "421 ..."}, after={"dot": 1}``;
+``times`` limits how often it fires (default: every time after that). ``hold_final`` = N holds
+the 250 to each of the first N accepted messages until the next command line has arrived: only
+a client that pipelines the next transaction behind the end of the data gets past it.
+A scripted reply to DATA other than 354 refuses it: the lines that follow are read as commands.
 """
 
 from __future__ import annotations
@@ -49,6 +55,9 @@ class Script:
     implicit_tls: bool = False  # TLS from the first byte (RFC 8314)
     chunking: bool = False  # advertise CHUNKING and accept BDAT (RFC 3030)
     smtputf8: bool = False  # advertise SMTPUTF8
+    after: dict[str, int] = field(default_factory=dict)  # phase -> normal replies before its action fires
+    times: dict[str, int] = field(default_factory=dict)  # phase -> how often its action fires (default: always)
+    hold_final: int = 0  # hold the reply to the first N final dots/BDAT LAST until the next command arrives
 
     @classmethod
     def from_json(cls, text: str) -> Script:
@@ -111,12 +120,16 @@ class _Session:
         self.chunks: list[bytes] = []
         self.fired: set[str] = set()
 
-    async def act(self, phase: str, normal: str) -> None:
-        """Send the normal reply for ``phase`` or do what the script says instead."""
+    async def act(self, phase: str, normal: str) -> bool:
+        """Send the normal reply for ``phase`` or do what the script says instead (then True)."""
         action = self.script.actions.get(phase)
+        seen, after = self.server.phase_counts.get(phase, 0), self.script.after.get(phase, 0)
+        if action is not None and not after <= seen < after + self.script.times.get(phase, 1 << 30):
+            action = None  # Script.after/times: normal replies before and after (over all connections)
+        self.server.phase_counts[phase] = self.server.phase_counts.get(phase, 0) + 1
         if action is None:
             await self.send(normal)
-            return
+            return False
         self.fired.add(phase)
         if action == "stall":
             await self.stall()
@@ -131,6 +144,7 @@ class _Session:
         await self.send(action)
         if action.startswith("421"):
             raise _Stop  # RFC 5321 §3.8: close after 421
+        return True
 
     async def stall(self) -> None:
         """Say nothing more; read and discard until the client hangs up."""
@@ -221,7 +235,8 @@ class _Session:
         self.mail = address.split("<", 1)[-1]
         self.rcpts, self.chunks = [], []
         self.server.mail_params.append(params.split())
-        await self.act("mail", "250 2.1.0 sender ok")
+        if await self.act("mail", "250 2.1.0 sender ok") and not self.script.actions["mail"].startswith("2"):
+            self.mail = None  # a refused MAIL opens no transaction (RFC 5321 §4.1.1.2)
 
     async def rcpt_to(self, arg: str) -> None:
         address = arg.partition(">")[0].split("<", 1)[-1]
@@ -241,7 +256,8 @@ class _Session:
         if not self.rcpts:
             await self.act("data", "554 5.5.1 no valid recipients")
             return
-        await self.act("data", "354 end with <CRLF>.<CRLF>")
+        if await self.act("data", "354 end with <CRLF>.<CRLF>") and not self.script.actions["data"].startswith("3"):
+            return  # DATA refused by the script: what follows are commands again (RFC 5321 §4.1.1.4)
         lines: list[bytes] = []
         while True:
             line = await self.reader.readline()
@@ -289,6 +305,17 @@ class _Session:
         else:
             self.server.messages.append(message)
             self.server.record(message)
+            self.mail, self.rcpts, self.chunks = None, [], []
+            if self.server.finals_held < self.script.hold_final:
+                # Answer only once the next command is here: a client that waits for this reply
+                # before sending the next transaction (no pipelining across transactions) stalls.
+                self.server.finals_held += 1
+                line = await self.reader.readline()
+                await self.act("dot", "250 2.0.0 queued")
+                if line:
+                    self.server.received.append(line)
+                    await self.command(line)
+                return
             await self.act("dot", "250 2.0.0 queued")
         self.mail, self.rcpts, self.chunks = None, [], []
 
@@ -305,6 +332,8 @@ class FaultServer:
         self.received: list[bytes] = []  # command lines, in order, across connections
         self.messages: list[Message] = []
         self.mail_params: list[list[str]] = []  # ESMTP parameters of each MAIL FROM
+        self.phase_counts: dict[str, int] = {}  # replies per phase so far (for Script.after)
+        self.finals_held = 0  # final replies held back so far (Script.hold_final)
         self.connections = 0
         self.tls_sessions = 0
         self.tls_failures = 0
