@@ -577,12 +577,21 @@ Targets on this 2-core machine: W1 ≥ 1,500 msg/s, W2 ≥ 20,000 rcpt/s.
 
 Targets of the project (issue 6): W1 5,000 msg/s, W2 50,000 rcpt/s at 100,000, CPU <= 0.3 ms per W1 message.
 
+Where it stands (2026-11-28): W1 and CPU per W1 message meet the targets (table above). W2 at
+100,000 recipients (`bench.run.run_once("W2", 100000)` x3 in one world) gave 25,445 rcpt/s median
+(23,934-27,238), 0.057 CPU ms per recipient; the 20,000-recipient figure above is lower because the
+cold DNS cache (1,023 MX + 686 A lookups) is a larger share of a 1-second run.
+
 What limits it now (py-spy, see the commit messages and bench/results/OPTIMIZATIONS.md):
-- W2: the manager is the serial stage (about 35 us of CPU per recipient: scan, lease, apply, accounting
-  line) and a cold DNS cache costs ~0.3 s at the start (1,023 MX + 686 A lookups through dnspython at
-  ~0.25 ms of CPU each).
-- W1: the worker that owns the largest site (37% of the domain mix is one site, one shard) is the
-  ceiling: rendering + SMTP for that site run on one core.
+- W2: total CPU. 0.057 ms per recipient over all processes means at most ~35,000 rcpt/s on 2 cores
+  even with perfect overlap, and the manager alone (26-28 us per recipient, one process) caps it near
+  37,000. In the manager's loop: accounting lines ~30% (orjson, ~4-7 us an event), worker frames in
+  and out ~20%, dnspython on a cold cache ~14% at 100,000, scheduling the rest; its LMDB commits run
+  in a thread. 50,000 rcpt/s needs both numbers cut by a third (e.g. one outcome per shared-reply
+  transaction instead of one per recipient on the IPC and in the manager; the log written by another
+  process; a lean DNS client).
+- W1: the site with 37% of the mix lives on one worker (its sessions share one pool), so that
+  worker's core is its ceiling; the manager places the other sites on the other worker.
 Raw per-repetition figures, config and machine info are in the JSON files; plots of delivered per
 second (one line per repetition; engine and Postfix on one chart, wire limit as a dashed line) in the
 PNG files.

@@ -4,10 +4,11 @@
 
 How delivery is paused (honest and simple): the engine runs against the normal world (dnsmasq + 8
 smtp-sinks), and before the first inject request the campaign is suspended through the control socket
-(``{"cmd": "suspend", "campaign": "bench-W4"}``): nothing of it is dispatched, it only queues. The
-suspension lives in the manager's memory, so after all recipients are injected (batches of 20,000, 4
-concurrent requests, durable commits) the engine is stopped (SIGTERM drain) and started again on the same
-spool: the new manager knows nothing of the suspension and must find the whole backlog in the spool.
+(``{"cmd": "suspend", "campaign": "bench-W4"}``): nothing of it is dispatched, it only queues. After all
+recipients are injected (batches of 20,000, 4 concurrent requests, durable commits) the engine is stopped
+(SIGTERM drain) and started again on the same spool; suspensions are kept in the spool, so the campaign is
+resumed through the control socket as soon as the restarted engine is ready, and the new manager must
+find the whole backlog in the spool.
 
 Figures: inject rate; spool bytes per queued recipient (LMDB files, allocated blocks, after inject and
 stop); time from the restart's process start to the first Delivery; manager peak RSS (VmHWM) and all
@@ -122,6 +123,10 @@ def run(n: int, window_s: float, seed: int = 1) -> dict[str, Any]:
         m_start = time.monotonic()
         eng.start(timeout_s=RESTART_LIMIT_S)
         out["ready_s"] = round(time.time() - t_start, 3)
+        # suspensions are kept in the spool across restarts: the operator resumes the campaign
+        resp = request(eng.control_path, {"cmd": "resume", "campaign": CAMPAIGN}, timeout_s=10)
+        if not resp.get("ok"):
+            raise RuntimeError(f"resume refused: {resp}")
         sup = eng.proc.pid  # type: ignore[union-attr]
         peak: dict[str, float] = {}
         bar = tqdm(total=None, desc=f"W4 resumed, {window_s:.0f}s window", unit="rcpt")
@@ -194,7 +199,8 @@ def readme_section(doc: dict[str, Any]) -> str:
     return f"""## W4 backlog ({doc['date']}, `{doc['command']}`)
 
 {f['accepted']:,} recipients of the W2 body queued with delivery paused (campaign suspended through the control
-socket before the first inject; the suspension is in memory, so a restart resumes), injected in batches of
+socket before the first inject; suspensions survive a restart, so the campaign is resumed through the
+control socket as soon as the restarted engine is ready), injected in batches of
 {BATCH:,} ({CONCURRENCY} concurrent requests) at {f['inject_rate_per_s']:,.0f} rcpt/s; then the engine was
 stopped and started again on the same spool.
 
@@ -223,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     date = dt.date.today().isoformat()
     doc = {"workload": "W4", "date": date, "command": command, "machine": machine(), "git_commit": git_commit(),
            "config": {"engine_workers": WORKERS, "inject_batch": BATCH, "inject_concurrency": CONCURRENCY,
-                      "pause": "suspend campaign via control socket, then stop + restart",
+                      "pause": "suspend campaign via control socket, stop + restart, resume via control socket",
                       "inject_limit_s": INJECT_LIMIT_S},
            "figures": figures}
     RESULTS.mkdir(parents=True, exist_ok=True)

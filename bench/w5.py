@@ -255,12 +255,18 @@ def plot(doc: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
+def _per_kill(f: dict[str, Any]) -> float:
+    """Duplicates per manager or worker kill (ingest kills cannot cause duplicates)."""
+    kills = f["kills_by_role"].get("manager", 0) + f["kills_by_role"].get("worker", 0)
+    return f["duplicates_at_sink"] / max(1, kills)
+
+
 def readme_section(doc: dict[str, Any]) -> str:
     f = doc["figures"]
     return f"""## W5 crash ({doc['date']}, `{doc['command']}`)
 
 W1 ({f['recipients']:,} messages, one recipient each) while a random engine child (manager, worker or ingest)
-was SIGKILLed every ~{f['kill_every_s']:.0f} s (uniform ×0.5–1.5) and restarted by the supervisor; counted at
+was SIGKILLed every ~{f['kill_every_s']:g} s (uniform ×0.5–1.5) and restarted by the supervisor; counted at
 the 8 smtp-sinks from their per-transaction dump files.
 
 | figure | value |
@@ -274,12 +280,12 @@ the 8 smtp-sinks from their per-transaction dump files.
 {('| error | ' + f['error'] + ' |') if f.get('error') else ''}
 
 Reading: the accounting log stays exactly-once (one Delivery per recipient) but the sinks see the engine's
-at-least-once delivery. Where the duplicates come from (mta_engine/proc/worker.py): a worker queues a job's
-outcomes in memory and sends them to the manager only when the whole job (up to `[sched] messages_per_job`
-= 50 messages over one session) is done (`report` → `flush` every FLUSH_ITEMS/FLUSH_S); a SIGKILLed
-worker loses every accepted-but-unreported message of its open jobs, and a killed manager takes every
-worker with it (they exit when ipc.sock closes, dropping `_out`), so those recipients are returned/requeued
-and sent again. Injection finished before the first kill in this run (inject took
+at-least-once delivery. Where the duplicates come from (mta_engine/proc/worker.py): a worker reports a
+job's outcomes per chunk of 16 pipelined messages (`report_partial`, flushed within 5 ms); a SIGKILLed
+worker loses the accepted-but-unreported messages of its open chunks, and a killed manager takes every
+worker with it (they exit when ipc.sock closes), so those recipients are requeued and sent again: about {_per_kill(f):.0f} per manager or worker kill
+here. With kills this frequent the drain time is set by the restarts (the supervisor waits 0.25 s doubling
+to 10 s before restarting a child that keeps dying), not by delivery. Injection finished before the first kill in this run (inject took
 {f['inject_s']} s), so killing ingest mid-request was not exercised.
 """
 
