@@ -50,6 +50,15 @@ _NO_TLS = TlsPolicy("none")  # LMTP over a unix socket: local, never TLS
 STS_CHECK_S = 3600.0  # MTA-STS testing: a domain's MX hosts are checked at most this often
 
 
+def tls_info_of(job: dict[str, Any], session: SmtpSession) -> dict[str, Any] | None:
+    """The session's TLS details for the accounting log, plus ``mta_sts`` when the job's MX host
+    was chosen and verified under an MTA-STS enforce policy (RFC 8461)."""
+    info = session.tls_info
+    if info is not None and job.get("_sts"):
+        return {**info, "mta_sts": job["_sts"]}
+    return info
+
+
 def _failed_kind(failed: list[Outcome]) -> str:
     """How a job that got no session went, for the site: connect_failed (connect or DNS) or closing_421."""
     return "connect_failed" if failed and failed[0][4] in ("connect", "dns") else "closing_421"
@@ -251,20 +260,20 @@ class Worker:
             return None
         return await self.mta_sts.policy(domain)
 
-    def sts_apply(self, sts: StsPolicy, domain: str, hosts: list[MxHost], tls: TlsPolicy,
-                  idx: list[int]) -> tuple[list[MxHost], TlsPolicy, list[Outcome]]:
-        """(hosts, TLS policy, failure) under ``sts``. Enforce: only matching MX hosts, each with
-        verified TLS (§4.1, §4.2); none matches → 451 4.7.5 for the job (§5.1: defer). Testing:
-        unchanged; a background check logs what enforce would refuse."""
+    def sts_apply(self, sts: StsPolicy, domain: str, hosts: list[MxHost], tls: TlsPolicy) -> TlsPolicy:
+        """The TLS policy under ``sts``. Enforce: verified TLS (§4.2); ``connect`` skips MX hosts
+        the policy does not list (§4.1) unless DANE applies to them (§2); when none is left the job
+        is deferred with 451 4.7.5 (§5.1). Testing: unchanged; a background check logs what enforce
+        would refuse."""
         if not sts.enforces:
             self._sts_check_later(domain, sts, hosts)
-            return hosts, tls, []
-        allowed = [h for h in hosts if sts.matches(h.name)]
-        if not allowed:
-            log.warning("mta_sts_no_matching_mx", domain=domain, mx=[h.name for h in hosts], policy_mx=list(sts.mx))
-            return [], tls, local_failure(idx, 451, "4.7.5", f"MTA-STS: no MX host of {domain} matches the policy",
-                                          "connect")
-        return allowed, self._sts_tls, []
+            return tls
+        return self._sts_tls
+
+    @staticmethod
+    def _sts_refused(domain: str, host: str, sts: StsPolicy, idx: list[int]) -> list[Outcome]:
+        log.warning("mta_sts_mx_not_in_policy", domain=domain, mx=host, policy_mx=list(sts.mx))
+        return local_failure(idx, 451, "4.7.5", f"MTA-STS: MX {host} of {domain} is not in its policy", "connect")
 
     def _sts_check_later(self, domain: str, sts: StsPolicy, hosts: list[MxHost]) -> None:
         now = time.monotonic()
@@ -343,10 +352,10 @@ class Worker:
         port = self.cfg.delivery.port
         tls = self.tls_policy(job["domain"])
         sts = await self.sts_policy(job["domain"])  # MTA-STS (RFC 8461): which hosts, which TLS
+        enforce = sts is not None and sts.enforces
+        job.pop("_sts", None)
         if sts is not None:
-            hosts, tls, refused = self.sts_apply(sts, job["domain"], hosts, tls, idx)
-            if refused:
-                return None, None, refused
+            tls = self.sts_apply(sts, job["domain"], hosts, tls)
         for host in hosts:
             try:
                 ips = await self.resolver.resolve_addresses(host.name)
@@ -357,6 +366,10 @@ class Worker:
             if refused:
                 last = refused
                 continue
+            if enforce and not host_tls.dane and not sts.matches(host.name):  # type: ignore[union-attr]
+                # RFC 8461 §4.1: not a policy MX; one with DANE TLSA records is still used (§2)
+                last = self._sts_refused(job["domain"], host.name, sts, idx)  # type: ignore[arg-type]
+                continue
             for ip in ips:
                 # a verified session is only reused for the name it was verified against
                 mode = (f"dane:{host.name}" if host_tls.dane else
@@ -366,6 +379,8 @@ class Worker:
                     cached = self.pool.take(ep, time.monotonic())
                     if cached is not None:
                         cached.mx_name = host.name  # the same endpoint may serve several MX names
+                        if enforce and not host_tls.dane:
+                            job["_sts"] = "enforce"  # for the accounting log (tls_info_of)
                         return cached, ep, []
                 src, ehlo = self.next_source(job)  # the manager's choice, else the egress pool in turn
                 ep = Endpoint(src, ip, port, mode)
@@ -373,6 +388,8 @@ class Worker:
                 try:
                     s = await SmtpSession.open(ip, port, ehlo_name=ehlo, timeouts=self.timeouts, source_ip=src,
                                                mx_name=host.name, tls=host_tls, chunking=self.cfg.delivery.chunking)
+                    if enforce and not host_tls.dane:
+                        job["_sts"] = "enforce"  # for the accounting log (tls_info_of)
                     return s, ep, []
                 except SessionRefused as exc:
                     # A refused greeting/EHLO is about this host, not the recipients: try the next MX,
@@ -508,7 +525,7 @@ class Worker:
             return None, None
         results: list[Outcome] = []
         kind = await self._transactions(job, body, session, rcpts, list(rcpts), results)
-        mx, ip, tls_info = session.mx_name, endpoint.ip, session.tls_info
+        mx, ip, tls_info = session.mx_name, endpoint.ip, tls_info_of(job, session)
         if not session.usable:
             session.abort()
             session = endpoint = held[0] = None
@@ -546,7 +563,7 @@ class Worker:
                 kind = _failed_kind(failed)
                 break
             assert endpoint is not None
-            mx, ip, tls_info = session.mx_name, endpoint.ip, session.tls_info
+            mx, ip, tls_info = session.mx_name, endpoint.ip, tls_info_of(job, session)
             chunk = todo[pos:pos + max(1, min(PIPELINE_CHUNK, cap - session.transactions))]
             got = await session.run_transactions([self._item(job, body, rcpts, [i]) for i in chunk])
             if not got:

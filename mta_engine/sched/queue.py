@@ -377,4 +377,6 @@ class QueueWriter:
             ev["tls_verified"] = r.tls.get("verified")
             if r.tls.get("dane"):  # RFC 7672: authenticated by this TLSA record
                 ev["tls_dane"], ev["tls_dane_record"] = True, r.tls.get("dane_record")
+            if r.tls.get("mta_sts"):  # RFC 8461: the MX host and its certificate checked against the policy
+                ev["tls_mta_sts"] = r.tls["mta_sts"]
         return ev

@@ -126,6 +126,7 @@ def test_enforce_delivers_to_matching_mx_with_verified_tls(world: World) -> None
     outcome = world.first_outcome("x@enforce.test")
     assert outcome["type"] == "Delivery", outcome
     assert outcome["mx"] == "mx.enforce.test" and outcome["tls_verified"] is True, outcome
+    assert outcome["tls_mta_sts"] == "enforce", outcome
     assert "x@enforce.test" in world.arrived(GOOD_MX_IP)
 
 
@@ -183,6 +184,7 @@ def test_domain_without_policy_is_delivered_as_before(world: World) -> None:
     world.send("x@plain.test")
     outcome = world.first_outcome("x@plain.test")
     assert outcome["type"] == "Delivery" and outcome["tls_verified"] is False, outcome
+    assert "tls_mta_sts" not in outcome, outcome
     assert world.web.count("mta-sts.plain.test") == 0
 
 

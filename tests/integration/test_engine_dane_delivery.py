@@ -15,7 +15,9 @@ from aiosmtpd.controller import Controller
 
 from mta_engine.delivery.dane import TlsaRecord
 from tests.support.dane_certs import Issued, make_ca, make_leaf, tlsa, tlsa_text, write_chain
+from tests.support.certs import make_certs
 from tests.support.engine import Engine
+from tests.support.https_server import CannedResponse, HttpsServer
 from tests.support.procs import free_port
 from tests.support.unbound import ValidatingResolver
 
@@ -30,7 +32,10 @@ HOSTS = {
     "plain.test": ("mx.plain.test", "127.0.0.94"),  # TLSA, but no STARTTLS offered: deferred
     "bogus.test": ("mx.bogus.test", "127.0.0.95"),  # TLSA changed after signing: deferred
     "none.test": ("mx.none.test", "127.0.0.96"),  # no TLSA: opportunistic TLS, delivered
+    "stsdane.test": ("mx.stsdane.test", "127.0.0.97"),  # MTA-STS enforce not listing its MX, DANE-EE
 }
+WEB_IP = "127.0.0.98"  # https://mta-sts.stsdane.test/.well-known/mta-sts.txt
+STS_POLICY = b"version: STSv1\nmode: enforce\nmx: mx.elsewhere.test\nmax_age: 86400\n"
 
 
 @dataclass
@@ -55,6 +60,7 @@ class World:
     engine: Engine
     inboxes: dict[str, Inbox]
     records: dict[str, TlsaRecord]
+    web: HttpsServer
 
 
 def _context(cert_file: str, key_file: str) -> ssl.SSLContext:
@@ -74,6 +80,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         "wrong.test": (make_leaf([HOSTS["wrong.test"][0]]), []),
         "bogus.test": (make_leaf([HOSTS["bogus.test"][0]]), []),
         "none.test": (make_leaf([HOSTS["none.test"][0]]), []),
+        "stsdane.test": (make_leaf(["not.the.mx.name.test"]), []),  # DANE-EE: names do not matter
     }
     records = {
         "ee.test": tlsa(certs["ee.test"][0], 3, 1, 1),
@@ -81,14 +88,19 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         "wrong.test": tlsa(make_leaf(["another.key.test"]), 3, 1, 1),
         "plain.test": tlsa(make_leaf(["never.sent.test"]), 3, 1, 1),
         "bogus.test": tlsa(certs["bogus.test"][0], 3, 1, 1),
+        "stsdane.test": tlsa(certs["stsdane.test"][0], 3, 1, 1),
     }
     zone = []
     for domain, (mx, ip) in HOSTS.items():
         zone += [f"{domain}. MX 10 {mx}.", f"{mx}. A {ip}"]
         if domain in records:
             zone.append(tlsa_text(f"_{port}._tcp.{mx}.", records[domain]))
+    zone += ['_mta-sts.stsdane.test. TXT "v=STSv1; id=2026"', f"mta-sts.stsdane.test. A {WEB_IP}"]
     tamper = [tlsa_text(f"_{port}._tcp.{HOSTS['bogus.test'][0]}.", TlsaRecord(3, 1, 1, bytes(32)))]
     dns = ValidatingResolver(zone, tamper=tamper, listen=DNS_IP).start()
+    web_certs = make_certs(tmp / "web", ["mta-sts.stsdane.test"])
+    web = HttpsServer(WEB_IP, web_certs.cert_file, web_certs.key_file).start()
+    web.set("mta-sts.stsdane.test", "/.well-known/mta-sts.txt", CannedResponse(STS_POLICY))
     inboxes = {d: Inbox() for d in HOSTS}
     controllers = []
     try:
@@ -100,13 +112,15 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
             controller = Controller(inboxes[domain], hostname=ip, port=port, **kwargs)
             controller.start()
             controllers.append(controller)
-        # default [dane] and [mta_sts] settings: DANE is on, MTA-STS finds no policy
-        engine = Engine(tmp / "engine", dns_port=dns.port, dns_host=dns.host, smtp_port=port, workers=1)
+        # default [dane] settings: DANE is on; MTA-STS finds a policy only for stsdane.test
+        engine = Engine(tmp / "engine", dns_port=dns.port, dns_host=dns.host, smtp_port=port, workers=1,
+                        extra={"mta_sts": {"ca_file": web_certs.ca_file, "port": web.port, "fetch_timeout_s": 5.0}})
         with engine:
-            yield World(engine, inboxes, records)
+            yield World(engine, inboxes, records, web)
     finally:
         for controller in controllers:
             controller.stop()
+        web.stop()
         dns.stop()
 
 
@@ -186,3 +200,15 @@ def test_no_tlsa_delivers_with_opportunistic_tls(world: World) -> None:
     assert event["type"] == "Delivery", event
     assert event["tls_version"] and event["tls_verified"] is False and "tls_dane" not in event
     assert world.inboxes["none.test"].recipients() == ["x@none.test"]
+
+
+def test_dane_takes_precedence_over_an_mta_sts_policy_that_omits_the_mx(world: World) -> None:
+    """MTA-STS enforce lists another MX only; the real MX has usable TLSA records: DANE applies
+    to it (RFC 8461 §2), so it is used, authenticated by DANE, instead of being skipped."""
+    _send(world, "x@stsdane.test")
+    event = _final(world, "x@stsdane.test")
+    assert event["type"] == "Delivery", event
+    assert event["tls_dane"] is True and event["tls_dane_record"] == str(world.records["stsdane.test"])
+    assert "tls_mta_sts" not in event, event  # DANE, not the policy, decided this host
+    assert world.web.count("mta-sts.stsdane.test") == 1  # the policy was fetched, and enforced elsewhere
+    assert world.inboxes["stsdane.test"].recipients() == ["x@stsdane.test"]
