@@ -63,3 +63,27 @@ def test_engine_applies_lmtp_replies_per_recipient(tmp_path: Path) -> None:
         unix.stop()
         tcp.stop()
         dns.stop()
+
+
+def test_engine_defers_when_the_lmtp_server_is_down_and_delivers_once_it_is_up(tmp_path: Path) -> None:
+    """Nothing listens on the LMTP socket: 451 4.4.1, kept queued; the server comes up: delivered once."""
+    handler = LmtpHandler()
+    sock = tmp_path / "down.sock"
+    dns = DnsServer(mx={}, a={}, listen="127.0.0.74").start()
+    server = LmtpServer.unix(handler, sock)
+    try:
+        with Engine(tmp_path / "engine", dns_port=dns.port, dns_host=dns.host, smtp_port=free_port(), workers=1,
+                    extra={"lmtp": {"routes": {"store.test": f"unix:{sock}"}},
+                           "queue": {"retry_intervals_s": [0.5]}}) as eng:
+            eng.inject({"envelope_sender": "a@sender.test", "dsn": False, "content": "From: a@sender.test\n\nhi\n",
+                        "recipients": ["u@store.test"]})
+            (deferral, *_) = wait_for(lambda: eng.events("TransientFailure") or None, 60, what="a deferral")
+            assert (deferral["code"], deferral["enhanced"], deferral["phase"]) == (451, "4.4.1", "connect"), deferral
+            assert eng.final_events() == []
+            server.start()
+            (final,) = eng.wait_final(1)
+            assert final["type"] == "Delivery" and final["recipient"] == "u@store.test", final
+        assert [d.rcpt for d in handler.delivered] == ["u@store.test"]
+    finally:
+        server.stop()
+        dns.stop()
