@@ -46,6 +46,7 @@ from ..errors import ConfigError
 from ..model import address_problem
 from ..spool import suppress
 from ..spool.origin import Origin, OriginIndex
+from ..spool.store import VERP_KEY
 from .listener import DrainingListener
 from .smtp_submit import COMMAND_CALL_LIMITS, SESSION_IDLE_TIMEOUT_S, enhance_reply
 
@@ -116,15 +117,19 @@ def read_report(raw: bytes, *, mail_from: str, rcpt_tos: list[str], domains: fro
 
 # --- correlation and effects, inside the group commit -----------------------------------------
 
-def _correlate(txn: lmdb.Transaction, origin: OriginIndex | None,
+def _correlate(txn: lmdb.Transaction, spool: Spool, origin: OriginIndex | None,
                refs: tuple[RecipientRef, ...]) -> tuple[RecipientRef | None, Origin | None]:
-    """The first reference naming a message still in the origin index, else the first reference."""
+    """The first reference signed by this spool's key (``dsn/verp.py``) that names a message
+    still in the origin index, else the first signed one. Unsigned or wrongly signed references
+    are ignored: queue ids are sequential, so without the tag anyone could name a real recipient."""
+    key = txn.get(VERP_KEY, db=spool.dbs["meta"])
+    signed = [r for r in refs if key is not None and r.signed_by(bytes(key))]
     if origin is not None:
-        for ref in refs:
+        for ref in signed:
             found = origin.get(txn, ref.msg_id)
             if found is not None and (ref.index is None or ref.index < found.n_rcpt):
                 return ref, found
-    return (refs[0] if refs else None), None
+    return (signed[0] if signed else None), None
 
 
 def _usable(address: str | None) -> str | None:
@@ -147,7 +152,7 @@ def _base(kind: str, now_ms: int, ref: RecipientRef | None, found: Origin | None
 def _oob_events(txn: lmdb.Transaction, spool: Spool, origin: OriginIndex | None, rep: Received,
                 now_ms: int) -> list[dict[str, Any]]:
     assert rep.oob is not None
-    ref, found = _correlate(txn, origin, rep.refs)
+    ref, found = _correlate(txn, spool, origin, rep.refs)
     stored = None
     if found is not None and ref is not None and ref.index is not None and origin is not None:
         stored = origin.address(txn, ref.msg_id, ref.index)
@@ -199,7 +204,7 @@ def _feedback_events(txn: lmdb.Transaction, spool: Spool, origin: OriginIndex | 
                      now_ms: int) -> list[dict[str, Any]]:
     fb = rep.feedback
     assert fb is not None
-    ref, found = _correlate(txn, origin, rep.refs)
+    ref, found = _correlate(txn, spool, origin, rep.refs)
     address, member = _feedback_recipient(fb), None
     if found is not None and ref is not None and ref.index is not None and origin is not None:
         stored = origin.address(txn, ref.msg_id, ref.index)

@@ -35,6 +35,7 @@ from ..routing.resolver import Resolver, has_ipv6_route
 from ..delivery.tls import TlsPolicy
 from ..smtp.body import PreparedMessage
 from ..smtp.transaction import DsnParams
+from ..dsn.verp import message_id, return_path
 from ..spool import records
 from ..spool.store import Spool
 from ..template.render import MessageTemplate
@@ -106,6 +107,7 @@ class Worker:
                                      data_s=d.data_timeout_s, block_s=d.block_timeout_s, final_s=d.final_timeout_s,
                                      quit_s=d.quit_timeout_s, tls_s=d.tls_timeout_s)
         self._tls: dict[str, TlsPolicy] = {}
+        self._verp_key: bytes | None = None
         self.dane = DaneLookup(resolver, port=d.port) if cfg.dane.enabled else None  # RFC 7672 TLSA verdicts
         self._tls_required = TlsPolicy("required")
         sts = cfg.mta_sts
@@ -242,8 +244,15 @@ class Worker:
                                                                    message_id=""))
             return body.shared_payload
         index, address, name, variables = rcpt[:4]
-        mid = f"{records.rcpt_id(job['msg'], index)}@{self.ehlo_name}"
+        mid = message_id(job["msg"], index, self.ehlo_name, self.verp_key())
         return prepare(body.template.render(address=address, name=name, variables=variables, message_id=mid))
+
+    def verp_key(self) -> bytes | None:
+        """The spool's signing key for VERP addresses and Message-IDs, read once (ingest or the
+        manager made it before any message could reach us)."""
+        if self._verp_key is None:
+            self._verp_key = self.spool.verp_key()
+        return self._verp_key
 
     def tls_policy(self, domain: str) -> TlsPolicy:
         mode = self.cfg.tls.mode_for(domain)
@@ -601,8 +610,7 @@ class Worker:
                                           for i in pending))
         sender = job["sender"]
         if sender and self.cfg.delivery.verp_domain:  # VERP return path (dsn/verp.py, issue 5)
-            from ..dsn.verp import return_path
-            sender = return_path(sender, job["msg"], pending, self.cfg.delivery.verp_domain)
+            sender = return_path(sender, job["msg"], pending, self.cfg.delivery.verp_domain, self.verp_key())
         return sender, [rcpts[i][1] for i in pending], payload, dsn
 
     async def _transactions(self, job: dict[str, Any], body: Body, session: SmtpSession, rcpts: dict[int, Any],

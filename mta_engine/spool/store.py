@@ -34,6 +34,7 @@ import lmdb
 from ..errors import SpoolCorrupt, SpoolError, SpoolFull
 from . import records
 
+VERP_KEY = b"verp_key"
 DB_NAMES = ("meta", "msg", "body", "rcpt", "due", "inflight", "outbox", "corrupt", "suppress", "origin")
 
 
@@ -59,8 +60,19 @@ class Spool:
             self.dbs: dict[str, Any] = {}
             for name in DB_NAMES:
                 self.dbs[name] = self.env.open_db(name.encode(), create=not readonly)
+            if not readonly and self.verp_key() is None:
+                with self.env.begin(write=True) as txn:  # made once per spool; see verp_key
+                    txn.put(VERP_KEY, os.urandom(32), db=self.dbs["meta"], overwrite=False)
         except lmdb.Error as exc:
             raise SpoolError(f"cannot open spool at {self.path}: {exc}") from exc
+
+    def verp_key(self) -> bytes | None:
+        """This spool's secret for signing VERP addresses and Message-IDs (``dsn/verp.py``): 32
+        random bytes made by the first writer that opens the spool, so it lives and is backed up
+        with the spool, and bounces of mail sent before a restart still verify."""
+        with self.env.begin(buffers=False) as txn:
+            raw = txn.get(VERP_KEY, db=self.dbs["meta"])
+        return bytes(raw) if raw is not None else None
 
     def __repr__(self) -> str:
         return f"<Spool {self.path} readonly={self.readonly}>"

@@ -60,3 +60,18 @@ def test_message_id_reference_needs_the_recipient_index() -> None:
     assert ref == RecipientRef(0xA1, 7, "message_id") and ref.queue_id == "00000000000000a1.7"
     assert parse_message_id("<00000000000000a1@mta.test>") is None
     assert parse_message_id("<CAFx=abc@mail.gmail.example>") is None
+
+
+def test_signed_references_round_trip_and_only_verify_under_their_key() -> None:
+    from mta_engine.dsn.verp import message_id, parse_message_id, parse_verp, return_path
+
+    key = b"k" * 32
+    addr = return_path("n@s.test", 0x2A, [7], "bounce.test", key)
+    assert addr.startswith("bounces+000000000000002a.7-") and len(addr.partition("@")[0]) <= 64
+    ref = parse_verp(addr.upper(), frozenset({"bounce.test"}))  # case folding keeps the tag
+    assert ref is not None and (ref.msg_id, ref.index) == (0x2A, 7)
+    assert ref.signed_by(key) and not ref.signed_by(b"x" * 32)
+    mid = parse_message_id(f"<{message_id(0x2A, 7, 'mta.test', key)}>")
+    assert mid is not None and mid.signed_by(key) and mid.queue_id == "000000000000002a.7"
+    unsigned = parse_verp(return_path("n@s.test", 0x2A, [7], "bounce.test"))
+    assert unsigned is not None and unsigned.tag is None and not unsigned.signed_by(key)

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from mta_engine.dsn.classify import Classifier
+from mta_engine.dsn.verp import message_id, return_path, sign
 from mta_engine.ingest.commit import GroupCommitter, write_submissions
 from mta_engine.ingest.inbound import read_report, report_events
 from mta_engine.ingest.inject import parse_request
@@ -20,9 +21,13 @@ DOMAINS = frozenset({"bounce.test"})
 C = Classifier.default()
 
 
+_KEY: list[bytes | None] = [None]  # the current test spool's signing key (set by the spool fixture)
+
+
 @pytest.fixture
 def spool(tmp_path: Path):
     s = Spool(tmp_path / "spool", map_size_mb=64)
+    _KEY[0] = s.verp_key()
     yield s
     s.close()
 
@@ -52,7 +57,13 @@ def apply(spool: Spool, origin: OriginIndex | None, rep) -> list[dict]:
 
 
 def orig(msg_id: int, index: int, to: str) -> str:
-    return R.original_headers(message_id=f"<{msg_id:016x}.{index}@mta.test>", to=to)
+    """Returned headers of our message to recipient ``index`` (its signed engine Message-ID)."""
+    return R.original_headers(message_id=f"<{message_id(msg_id, index, 'mta.test', _KEY[0])}>", to=to)
+
+
+def verp(msg_id: int, index: int | None = None) -> str:
+    """Our signed VERP address for one recipient, or for a whole message (a shared-body transaction)."""
+    return return_path("news@sender.test", msg_id, [index] if index is not None else [0, 1], "bounce.test", _KEY[0])
 
 
 def suppressed(spool: Spool, tenant: str | None, address: str):
@@ -64,7 +75,7 @@ def test_verp_bounce_names_our_recipient_and_suppresses_it(spool, origin) -> Non
     """A DSN to bounces+<id>.<index>: OOB with tenant, campaign, the address we sent to; invalid → suppressed."""
     msg_id = queue(spool, origin, ["a@example.net", "gone@example.net"])
     rep = read(R.postfix_dsn("GONE@example.net", R.original_headers(message_id="<x@y>")),
-               rcpt=f"bounces+{msg_id:016x}.1@bounce.test")
+               rcpt=verp(msg_id, 1))
     assert rep.kind == "oob"
     oob, sup = apply(spool, origin, rep)
     assert oob["type"] == "OOB" and oob["queue_id"] == f"{msg_id:016x}.1" and oob["correlation"] == "verp"
@@ -76,6 +87,23 @@ def test_verp_bounce_names_our_recipient_and_suppresses_it(spool, origin) -> Non
     entry = suppressed(spool, "acme", "gone@example.net")
     assert entry is not None and entry.reason.startswith("invalid_recipient: 550 5.1.1")
     assert suppressed(spool, "globex", "gone@example.net") is None
+
+
+@pytest.mark.parametrize("forged", ["unsigned", "wrong_tag", "other_key"])
+def test_forged_reference_to_a_real_recipient_suppresses_nothing(spool, origin, forged: str) -> None:
+    """Queue ids are sequential: a bounce naming a real one without this spool's tag is not ours to
+    trust. It is logged uncorrelated and nobody is suppressed (dsn/verp.py signs every reference)."""
+    msg_id = queue(spool, origin, ["victim@example.net"])
+    ref = f"{msg_id:016x}.0"
+    local = {"unsigned": ref, "wrong_tag": f"{ref}-{'0' * 10}",
+             "other_key": f"{ref}-{sign(b'another engine', ref)}"}[forged]
+    for rep in (read(R.postfix_dsn("victim@example.net", R.original_headers(message_id="<x@y>")),
+                     rcpt=f"bounces+{local}@bounce.test"),
+                read(R.gmail_dsn("victim@example.net", R.original_headers(message_id=f"<{local}@mta.test>")))):
+        oob = apply(spool, origin, rep)
+        assert [e["type"] for e in oob] == ["OOB"], oob
+        assert oob[0]["correlation"] == "none" and "tenant" not in oob[0], oob
+    assert suppressed(spool, "acme", "victim@example.net") is None
 
 
 def test_message_id_correlates_when_verp_is_off(spool, origin) -> None:
@@ -116,12 +144,12 @@ def test_message_level_ref_does_not_suppress_an_address_that_was_not_a_recipient
     """With only the message known, the reported address must be one of its recipients to be suppressed."""
     msg_id = queue(spool, origin, ["a@example.net", "b@example.net"])
     rep = read(R.postfix_dsn("victim@example.net", R.original_headers(message_id="<x@y>")),
-               rcpt=f"bounces+{msg_id:016x}@bounce.test")
+               rcpt=verp(msg_id))
     (ev,) = apply(spool, origin, rep)
     assert ev["recipient_match"] is False and ev["queue_id"] == f"{msg_id:016x}"
     assert suppressed(spool, "acme", "victim@example.net") is None
     rep = read(R.postfix_dsn("b@example.net", R.original_headers(message_id="<x@y>")),
-               rcpt=f"bounces+{msg_id:016x}@bounce.test")
+               rcpt=verp(msg_id))
     ev, sup = apply(spool, origin, rep)
     assert "recipient_match" not in ev and sup["recipient"] == "b@example.net"
 
@@ -144,7 +172,7 @@ def test_not_spam_feedback_is_logged_but_does_not_suppress(spool, origin) -> Non
     """Only abuse complaints suppress; not-spam is recorded as a Feedback event only."""
     msg_id = queue(spool, origin, ["c@yahoo.example"])
     rep = read(R.yahoo_arf("c@yahoo.example", orig(msg_id, 0, "c@yahoo.example"),
-                           mail_from=f"bounces+{msg_id:016x}.0@bounce.test", feedback_type="not-spam"))
+                           mail_from=verp(msg_id, 0), feedback_type="not-spam"))
     (fb,) = apply(spool, origin, rep)
     assert fb["feedback_type"] == "not-spam" and fb["correlation"] == "verp"
     assert suppressed(spool, "acme", "c@yahoo.example") is None
