@@ -28,7 +28,7 @@ from ..delivery.outcome import Outcome, error_text, local_failure, transaction_o
 from ..delivery.pool import ConnectionPool, Endpoint
 from ..delivery.session import SessionRefused, SmtpSession, SmtpTimeouts, TransactionItem
 from ..errors import DeliveryTimeout, DnsError, MtaError, SpoolCorrupt, TlsError
-from ..routing.mx import MxHost, order_mx
+from ..routing.mx import MxHost, below_self, order_mx
 from ..routing.mta_sts import MtaStsCache, StsPolicy
 from ..routing.dane import DaneLookup
 from ..routing.resolver import Resolver, has_ipv6_route
@@ -119,6 +119,7 @@ class Worker:
         self.sources: list[tuple[str | None, str]] = [
             (src["ip"], src.get("ehlo_name") or cfg.ehlo_name) for src in d.sources] or [(None, cfg.ehlo_name)]
         self._next_source = 0
+        self.own_names = {cfg.ehlo_name, *(ehlo for _, ehlo in self.sources)}  # MX hosts that are us
         self.pool = ConnectionPool(idle_timeout_s=d.idle_timeout_s,
                                    max_messages_per_connection=d.max_messages_per_connection)
         self.ehlo_name = cfg.ehlo_name
@@ -355,7 +356,11 @@ class Worker:
             return await self._connect_lmtp(job, idx)
         if str(job.get("site", "")).startswith(RELAY_SITE_PREFIX) and self.cfg.relay.host:
             return await self._connect_relay(idx, job)
-        hosts = order_mx([MxHost(p, n) for p, n in job["mx"]], self.rng)
+        hosts = below_self(order_mx([MxHost(p, n) for p, n in job["mx"]], self.rng), self.own_names)
+        if not hosts and job["mx"]:
+            # RFC 5321 §5.1 (STANDARDS M05): we are this domain's best MX; sending would loop
+            return None, None, local_failure(idx, 554, "5.4.6", f"mail for {job['domain']} loops back to "
+                                             f"myself: this host is its most preferred MX", "connect")
         last: list[Outcome] = local_failure(idx, 451, "4.4.4", "no MX host could be resolved", "connect")
         tried = 0
         port = self.cfg.delivery.port

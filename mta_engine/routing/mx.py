@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:  # the rng is passed in; this module never draws randomness itself
     import random
 
-__all__ = ["MxHost", "MxPlan", "is_null_mx", "normalize_domain", "order_mx", "site_key"]
+__all__ = ["MxHost", "MxPlan", "below_self", "is_null_mx", "normalize_domain", "order_mx", "site_key"]
 
 # RFC 1035 §2.3.4: 63 octets per label, 255 octets per name on the wire (253 in text form).
 _MAX_LABEL_OCTETS = 63
@@ -69,6 +69,22 @@ def order_mx(hosts: Iterable[MxHost], rng: random.Random) -> list[MxHost]:
         rng.shuffle(tier)
         ordered.extend(tier)
     return ordered
+
+
+def below_self(hosts: Sequence[MxHost], own_names: Iterable[str]) -> list[MxHost]:
+    """``hosts`` without those at or above our own preference (RFC 5321 §5.1, STANDARDS M05).
+
+    When one of ``own_names`` (the names this engine answers to, e.g. its EHLO names) is listed as
+    an MX host, only hosts with a strictly lower preference may be tried, or mail would loop back
+    to us. An empty result means we are the best MX ourselves: a configuration error for the caller
+    to report. Without our names in the list, ``hosts`` are returned unchanged.
+    """
+    own = {_exchange(n) for n in own_names if n}
+    ours = [h.preference for h in hosts if _exchange(h.name) in own]
+    if not ours:
+        return list(hosts)
+    limit = min(ours)
+    return [h for h in hosts if h.preference < limit]
 
 
 def is_null_mx(hosts: Sequence[MxHost]) -> bool:

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mta_engine.routing.mx import MxHost, MxPlan, is_null_mx, normalize_domain, order_mx, site_key
+from mta_engine.routing.mx import MxHost, MxPlan, below_self, is_null_mx, normalize_domain, order_mx, site_key
 
 
 def _hosts(*pairs: tuple[int, str]) -> list[MxHost]:
@@ -117,3 +117,19 @@ def test_normalize_domain_rejects_invalid_names(raw: str) -> None:
     """Empty, non-LDH and over-long names raise ValueError."""
     with pytest.raises(ValueError):
         normalize_domain(raw)
+
+
+def test_m05_hosts_at_or_above_our_own_preference_are_dropped() -> None:
+    """We are listed as MX 20: only the preference-10 hosts remain (RFC 5321 §5.1: no loop back to us)."""
+    hosts = [MxHost(10, "a.example"), MxHost(10, "b.example"), MxHost(20, "MTA1.Example.com."),
+             MxHost(20, "c.example"), MxHost(30, "d.example")]
+    assert below_self(hosts, ["mta1.example.com"]) == [MxHost(10, "a.example"), MxHost(10, "b.example")]
+
+
+def test_m05_we_are_the_best_mx_leaves_nothing_to_try() -> None:
+    assert below_self([MxHost(5, "mta1.example.com"), MxHost(10, "b.example")], ["mta1.example.com"]) == []
+
+
+def test_m05_without_our_names_the_list_is_unchanged() -> None:
+    hosts = [MxHost(10, "a.example"), MxHost(20, "b.example")]
+    assert below_self(hosts, ["mta1.example.com", ""]) == hosts
