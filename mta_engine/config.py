@@ -65,12 +65,7 @@ class SubmissionConfig:
                 ipaddress.ip_network(net)
             except ValueError as exc:
                 out.append((f"trusted_networks[{i}]", str(exc)))
-        if bool(self.tls_cert) != bool(self.tls_key):
-            out.append(("tls_cert", "tls_cert and tls_key must be set together"))
-        for key in ("tls_cert", "tls_key"):
-            path = getattr(self, key)
-            if path and not os.path.exists(path):
-                out.append((key, f"{path} does not exist"))
+        out += _tls_file_problems(self.tls_cert, self.tls_key)
         for name, entry in self.users.items():
             out.extend((f"users.{name}.{k}" if k else f"users.{name}", why) for k, why in _user_problems(entry))
         if self.require_auth and not self.users:
@@ -87,6 +82,17 @@ def _listen_problems(listen: str) -> list[tuple[str, str]]:
         if not host or not port.isdigit() or not 0 <= int(port) < 65536:
             return [("listen", f'expected "host:port" or "" (disabled), got {listen!r}')]
     return []
+
+
+def _tls_file_problems(cert: str, key: str) -> list[tuple[str, str]]:
+    """A listener's ``tls_cert``/``tls_key``: both or neither, and files that exist."""
+    out: list[tuple[str, str]] = []
+    if bool(cert) != bool(key):
+        out.append(("tls_cert", "tls_cert and tls_key must be set together"))
+    for name, path in (("tls_cert", cert), ("tls_key", key)):
+        if path and not os.path.exists(path):
+            out.append((name, f"{path} does not exist"))
+    return out
 
 
 def _label_ok(value: Any) -> bool:
@@ -125,6 +131,10 @@ class InboundConfig:
     """Advertised as SIZE (RFC 1870); larger reports get 552 5.3.4."""
     origin_retention_days: float = 30.0
     """How long a message's tenant, campaign and recipients are kept to correlate late reports."""
+    tls_cert: str = ""
+    """PEM certificate chain; with ``tls_key``, STARTTLS is offered to the remote MTAs (RFC 3207)."""
+    tls_key: str = ""
+    """PEM private key for ``tls_cert``."""
 
     def problems(self) -> list[tuple[str, str]]:
         """(key, reason) for every invalid setting; [] when the section is usable."""
@@ -139,6 +149,7 @@ class InboundConfig:
             out.append(("max_message_bytes", "must be at least 1024"))
         if self.origin_retention_days <= 0:
             out.append(("origin_retention_days", "must be positive"))
+        out += _tls_file_problems(self.tls_cert, self.tls_key)
         return out
 
 

@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import socket
+import ssl
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -48,7 +49,7 @@ from ..spool import suppress
 from ..spool.origin import Origin, OriginIndex
 from ..spool.store import VERP_KEY
 from .listener import DrainingListener
-from .smtp_submit import COMMAND_CALL_LIMITS, SESSION_IDLE_TIMEOUT_S, enhance_reply
+from .smtp_submit import COMMAND_CALL_LIMITS, SESSION_IDLE_TIMEOUT_S, enhance_reply, server_tls_context
 
 if TYPE_CHECKING:
     import lmdb
@@ -278,8 +279,9 @@ class InboundListener(DrainingListener):
     kind = "inbound"
 
     def __init__(self, committer: GroupCommitter, cfg: InboundConfig, *, origin: OriginIndex | None,
-                 classifier: Classifier, hostname: str) -> None:
+                 classifier: Classifier, hostname: str, tls_context: ssl.SSLContext | None = None) -> None:
         super().__init__()
+        self.tls_context = tls_context
         self.committer = committer
         self.cfg = cfg
         self.domains = frozenset(d.lower().rstrip(".") for d in cfg.domains)
@@ -296,6 +298,7 @@ class InboundListener(DrainingListener):
     def session(self) -> InboundSession:
         return InboundSession(self, data_size_limit=self.cfg.max_message_bytes, enable_SMTPUTF8=True,
                               decode_data=False, hostname=self.hostname, ident="mta-engine ESMTP inbound",
+                              tls_context=self.tls_context, require_starttls=False,
                               timeout=SESSION_IDLE_TIMEOUT_S, command_call_limit=COMMAND_CALL_LIMITS,
                               loop=asyncio.get_running_loop())
 
@@ -366,9 +369,13 @@ async def start_inbound(committer: GroupCommitter, cfg: InboundConfig, *, origin
         problems.insert(0, ("listen", 'is "" (disabled)'))
     if problems:
         raise ConfigError("; ".join(f"inbound.{k}: {why}" for k, why in problems))
+    try:
+        tls = server_tls_context(cfg.tls_cert, cfg.tls_key) if cfg.tls_cert else None
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"inbound.tls_cert: cannot load {cfg.tls_cert} / {cfg.tls_key}: {exc}") from exc
     listener = InboundListener(committer, cfg, origin=origin, classifier=classifier,
-                               hostname=hostname or socket.getfqdn())
+                               hostname=hostname or socket.getfqdn(), tls_context=tls)
     await listener.listen(cfg.listen)
-    log.info("inbound_listening", listen=cfg.listen, domains=sorted(listener.domains))
+    log.info("inbound_listening", listen=cfg.listen, domains=sorted(listener.domains), tls=tls is not None)
     return listener
 

@@ -91,3 +91,35 @@ def test_oob_bounce_and_complaint_are_logged_and_suppress(mail, tmp_path: Path) 
         ans = eng.inject({"envelope_sender": "news@sender.test", "tenant": "globex",
                           "content": "From: news@sender.test\n\nother tenant\n", "recipients": [fan]})
         assert ans["success_count"] == 1  # suppression is per tenant
+
+
+def test_inbound_listener_offers_starttls_and_records_reports_over_it(mail, tmp_path: Path) -> None:
+    """[inbound] tls_cert/tls_key: STARTTLS is advertised (RFC 3207), a report sent after it is
+    taken as usual, and a client that stays in plaintext is still served (bounces must get through)."""
+    import ssl
+
+    from tests.support.certs import make_certs
+
+    certs = make_certs(tmp_path / "certs", ["bounce.test"])
+    port = free_port()
+    extra = {"inbound": {"listen": f"127.0.0.1:{port}", "domains": ["bounce.test"],
+                         "tls_cert": certs.cert_file, "tls_key": certs.key_file}}
+    garbage = b"From: promo@spam.example\r\nSubject: deals\r\n\r\nBuy\r\n"
+    with Engine(tmp_path / "engine", dns_port=mail.dns.port, dns_host=mail.dns.host, smtp_port=mail.port,
+                extra=extra):
+        with smtplib.SMTP("127.0.0.1", port, timeout=30) as s:
+            s.ehlo("remote.example")
+            assert s.has_extn("starttls")
+            ctx = ssl.create_default_context(cafile=certs.ca_file)
+            ctx.check_hostname = False  # connected by address; the chain is still verified
+            s.starttls(context=ctx)
+            assert isinstance(s.sock, ssl.SSLSocket) and s.sock.version() in ("TLSv1.2", "TLSv1.3")
+            s.ehlo("remote.example")
+            assert not s.has_extn("starttls")
+            s.mail("")
+            code, _ = s.rcpt("fbl@bounce.test")
+            assert code == 250
+            code, reply = s.data(garbage)
+            assert code == 250 and b"discarded" in reply
+        code, reply = send(port, "", "fbl@bounce.test", garbage)  # plaintext still works
+        assert code == 250 and b"discarded" in reply
