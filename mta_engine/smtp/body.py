@@ -24,6 +24,7 @@ from functools import cached_property
 from io import BytesIO
 
 from mta_engine.smtp.address import envelope_needs_smtputf8
+from mta_engine.smtp.events import Payload
 
 __all__ = [
     "CRLF",
@@ -132,6 +133,12 @@ class PreparedMessage:
     def dot_stuffed(self) -> bytes:
         """The DATA payload: stuffed and terminated, the ``data_payload`` form (RFC 5321 §4.5.2)."""
         return dot_stuff(self.data) + _LAST_LINE
+
+    @cached_property
+    def payload(self) -> Payload:
+        """``dot_stuffed`` as a checked ``Payload`` event, built once: a shared body goes out in
+        many transactions, and the check scans every octet (about 4% of a W2 worker's CPU)."""
+        return Payload(self.dot_stuffed)
 
     def chunks(self, max_octets: int = DEFAULT_CHUNK_OCTETS) -> list[bytes]:
         """BDAT chunks (RFC 3030 §2): raw content, no stuffing, no terminator; never empty."""

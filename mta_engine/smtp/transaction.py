@@ -177,7 +177,7 @@ def plan_transaction(
     if chunking and _CHUNKING in extensions:
         body = _bdat_commands(message, chunk_octets)
     else:
-        body = Payload(message.dot_stuffed)
+        body = message.payload
     return TransactionPlan(mail=mail, rcpts=commands, body=body, refused=refused)
 
 

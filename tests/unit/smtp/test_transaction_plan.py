@@ -131,3 +131,14 @@ def test_dsn_parameters_are_passed_on_only_when_advertised() -> None:
     plain = plan_transaction({}, "s@x.test", ["a@y.test", "b@y.test"], msg, server="mx", dsn=dsn)
     assert not any(p.startswith(("RET=", "ENVID=")) for p in plain.mail.params)
     assert all(r.params == () for _, r in plain.rcpts)
+
+
+def test_a_shared_body_is_checked_once_and_the_same_payload_goes_to_every_transaction() -> None:
+    """Plans for the same PreparedMessage share one validated Payload (it scans every octet)."""
+    message = PreparedMessage(b"Subject: s\r\n\r\n.leading dot\r\nbody\r\n")
+    ext = {"PIPELINING": "", "SIZE": "0"}
+    first = plan_transaction(ext, "s@x.test", ["a@y.test"], message, server="mx")
+    second = plan_transaction(ext, "s@x.test", ["b@y.test"], message, server="mx")
+    assert isinstance(first, TransactionPlan) and isinstance(second, TransactionPlan)
+    assert first.body is second.body is message.payload
+    assert isinstance(first.body, Payload) and first.body.data.endswith(b"\r\n..leading dot\r\nbody\r\n.\r\n")
