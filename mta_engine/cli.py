@@ -37,6 +37,10 @@ def cmd_child(args: argparse.Namespace) -> int:
         from .proc.webhooks import main as webhooks_main
 
         return webhooks_main(cfg)
+    if args.role == "accounting":
+        from .proc.accounting import main as accounting_main
+
+        return accounting_main(cfg)
     if args.role == "ingest":
         from .proc.ingest import main as ingest_main
 
@@ -158,7 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = with_config(sub.add_parser("serve", help="run the engine in the foreground"))
     s.set_defaults(func=cmd_serve)
     c = with_config(sub.add_parser("_child", help=argparse.SUPPRESS))
-    c.add_argument("role", choices=["manager", "ingest", "worker", "webhooks"])
+    c.add_argument("role", choices=["manager", "ingest", "worker", "webhooks", "accounting"])
     c.add_argument("--shard", type=int, default=0)
     c.set_defaults(func=cmd_child)
     i = with_config(sub.add_parser("inject", help="submit a JSON inject request (KumoMTA shape)"))

@@ -469,6 +469,12 @@ class LogConfig:
     level: str = "info"
     format: str = "json"
 
+    @property
+    def separate_accounting(self) -> bool:
+        """A file log is written by the accounting process (proc/accounting.py), not the manager;
+        stderr ("-") is written by the manager itself."""
+        return self.accounting != "-"
+
 
 @dataclass(frozen=True)
 class Config:

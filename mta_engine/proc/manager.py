@@ -25,8 +25,11 @@ async def manager_main(cfg: Config) -> int:
     loop = asyncio.get_running_loop()
     spool = Spool(cfg.spool.path, map_size_mb=cfg.spool.map_size_mb, sync=cfg.spool.sync)
     resolver = Resolver(cfg.dns.nameservers or None, port=cfg.dns.port, timeout_s=cfg.dns.timeout_s)
-    acct = AccountingLog(cfg.log.accounting, max_bytes=cfg.log.accounting_max_bytes,
-                         max_age_s=cfg.log.accounting_max_age_s, keep=cfg.log.accounting_keep)
+    # A file log is written by the accounting process (proc/accounting.py, started by the
+    # supervisor); only stderr ("-") is written here.
+    acct = None if cfg.log.separate_accounting else AccountingLog(
+        cfg.log.accounting, max_bytes=cfg.log.accounting_max_bytes, max_age_s=cfg.log.accounting_max_age_s,
+        keep=cfg.log.accounting_keep)
     rate_store = None
     if cfg.redis.url:  # fleet-wide limits ([redis], [[sched.site]] shared = true)
         from ..sched.shared_limits import RedisRateStore

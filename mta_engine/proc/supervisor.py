@@ -59,6 +59,8 @@ class Supervisor:
             self.children.append(Child(f"worker-{shard}", base + ["worker", "--shard", str(shard)] + cfg_args))
         if cfg.webhooks.endpoint:
             self.children.append(Child("webhooks", base + ["webhooks"] + cfg_args))
+        if cfg.log.separate_accounting:
+            self.children.append(Child("accounting", base + ["accounting"] + cfg_args))
 
     async def spawn(self, child: Child) -> None:
         env = dict(os.environ, MTA_SUPERVISOR_PID=str(os.getpid()))
@@ -119,7 +121,8 @@ class Supervisor:
         await self._stop([by_role["ingest"]], 60)
         await self._stop([by_role["manager"]], max(60.0, self.cfg.delivery.final_timeout_s + 30))
         await self._stop([c for c in self.children if c.role.startswith("worker")], 30)
-        await self._stop([c for c in self.children if c.role == "webhooks"], 30)  # last: sends the final events
+        # last: they write and send the final events the manager committed
+        await self._stop([c for c in self.children if c.role in ("webhooks", "accounting")], 30)
         for w in watchers:
             w.cancel()
         log.info("engine_stopped")

@@ -40,6 +40,7 @@ from ..spool import records
 from ..spool.store import Spool
 from ..template.render import MessageTemplate
 from .ipc import FrameProtocol
+from .readonly import open_spool_readonly
 
 log = structlog.get_logger("worker")
 
@@ -670,15 +671,8 @@ class Worker:
 
 async def worker_main(cfg: Config, shard: int, ipc_path: str) -> int:
     loop = asyncio.get_running_loop()
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            spool = Spool(cfg.spool.path, map_size_mb=cfg.spool.map_size_mb, readonly=True)
-            break
-        except MtaError:
-            if time.monotonic() > deadline:
-                raise
-            await asyncio.sleep(0.1)
+    spool = await open_spool_readonly(cfg)
+    deadline = time.monotonic() + 30  # for reaching the manager's ipc.sock
     ipv6 = cfg.dns.ipv6 == "yes" or (cfg.dns.ipv6 == "auto" and has_ipv6_route())
     resolver = Resolver(cfg.dns.nameservers or None, port=cfg.dns.port, timeout_s=cfg.dns.timeout_s, ipv6=ipv6)
     worker = Worker(cfg, shard, spool, resolver)

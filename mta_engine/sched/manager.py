@@ -32,6 +32,7 @@ from ..dsn.classify import Classifier
 from ..errors import DnsError, SpoolCorrupt
 from ..obs import webhooks
 from ..obs.accounting import AccountingLog
+from ..obs.rotation import last_written_seq
 from ..proc.ipc import FrameProtocol
 from ..routing.mx import MxHost, MxPlan
 from ..spool import records
@@ -58,6 +59,8 @@ FULL_SCAN_S = 30.0
 CURSOR_BACK_MS = 2000
 """After catching up, the next scan starts this far before now: entries committed by ingest a
 moment ago (their due time is their commit time) sort just before the present."""
+LOG_POSITION_S = 0.5
+"""How often the manager reads the accounting log's position (for trimming the outbox)."""
 RESOLVE_WAIT_S = 0.05
 """How long a scheduling round waits for MX lookups before dispatching what is resolved."""
 SINGLE_LANE_PREFIXES = (LMTP_SITE_PREFIX,)
@@ -87,7 +90,7 @@ class Due:
 
 
 class Manager:
-    def __init__(self, cfg: Config, spool: Spool, resolver: Any, acct: AccountingLog,
+    def __init__(self, cfg: Config, spool: Spool, resolver: Any, acct: AccountingLog | None,
                  clock: Callable[[], float] = time.time, rate_store: RateStore | None = None) -> None:
         self.cfg = cfg
         self.spool = spool
@@ -151,6 +154,7 @@ class Manager:
         self.commits = 0
         self.last_tick: dict[str, Any] = {}
         self._outbox_written = 0
+        self._log_checked_at = float("-inf")  # with acct None: when the log file's position was last read
 
     @property
     def spool_executor(self) -> ThreadPoolExecutor:
@@ -181,12 +185,23 @@ class Manager:
         self._flush_outbox()
 
     def _flush_outbox(self) -> None:
+        if self.acct is None:  # the accounting process writes the log (proc/accounting.py)
+            self._refresh_log_position(force=True)
+            return
         with self.spool.read() as txn:
             events = self.spool.events_after(txn, self.acct.written_seq)
         if events:
             self.acct.write(events)
             self._outbox_written = max(self._outbox_written, events[-1].get("event_seq", 0))
         self._outbox_written = max(self._outbox_written, self.acct.written_seq)
+
+    def _refresh_log_position(self, force: bool = False) -> None:
+        """With the log written by the accounting process: how far the file got, read from the
+        file itself at most every ``LOG_POSITION_S``; the outbox is trimmed only behind it."""
+        now = time.monotonic()
+        if force or now - self._log_checked_at >= LOG_POSITION_S:
+            self._log_checked_at = now
+            self._outbox_written = max(self._outbox_written, last_written_seq(self.cfg.log.accounting))
 
     # -- worker links ------------------------------------------------------------------------
     def on_frame(self, proto: FrameProtocol, frame: dict[str, Any]) -> None:
@@ -340,6 +355,8 @@ class Manager:
             return bool(due)
         stats = TickStats()
         t3 = time.perf_counter()
+        if self.acct is None:
+            self._refresh_log_position()
         events = await loop.run_in_executor(self._executor, self._commit, results + returns, leases, fails,
                                             now_ms, stats, site_events)
         for job in sent:
@@ -368,14 +385,17 @@ class Manager:
                 link.jobs[job["id"]] = (job["msg"], [r[0] for r in job["rcpts"]], job["site"])
                 self._job_meta[job["id"]] = (now_ms + self.writer.lease_ms, att, {r[0]: r[1] for r in job["rcpts"]})
                 link.inflight += len(job["rcpts"])
-        if events:
+        if events and self.acct is not None:
             self.acct.write(events)
             self._outbox_written = events[-1]["event_seq"]
         self._count(stats)
         return True
 
     def _outbox_pending(self) -> bool:
-        """Events committed by ingest (Reception) that the log has not seen yet."""
+        """Events committed by ingest (Reception) that the log has not seen yet (only when the
+        manager writes the log itself)."""
+        if self.acct is None:
+            return False
         with self.spool.read() as txn:
             return self.spool.events_pending(txn, self._outbox_written)
 
@@ -469,6 +489,8 @@ class Manager:
             self.spool.events_append(txn, events)
             # every event not yet in the accounting log: ours and ingest's (Reception), in order;
             # our own batch is in hand, only the others are read back
+            if self.acct is None:
+                return events  # the accounting process reads the whole outbox itself
             own = events[-1]["event_seq"] if events else None
             others = self.spool.events_after(txn, self._outbox_written, skip_key=own)
             if not others:

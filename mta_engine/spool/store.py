@@ -113,9 +113,11 @@ class Spool:
             ev["event_seq"] = first + i
         txn.put(records.u64(first + len(events) - 1), records.encode_events(events), db=self.dbs["outbox"])
 
-    def events_after(self, txn: lmdb.Transaction, seq: int, *, skip_key: int | None = None) -> list[dict[str, Any]]:
+    def events_after(self, txn: lmdb.Transaction, seq: int, *, skip_key: int | None = None,
+                     limit: int | None = None) -> list[dict[str, Any]]:
         """Outbox events with ``event_seq`` > seq, in order (undecodable batches are skipped);
-        ``skip_key`` names a batch (by its last sequence number) the caller already has."""
+        ``skip_key`` names a batch (by its last sequence number) the caller already has. With
+        ``limit``, whole batches are read until at least ``limit`` events are in hand."""
         out: list[dict[str, Any]] = []
         skip = records.u64(skip_key) if skip_key is not None else None
         with txn.cursor(db=self.dbs["outbox"]) as cur:
@@ -128,6 +130,8 @@ class Spool:
                     out.extend(ev for ev in records.decode_events(raw) if ev.get("event_seq", 0) > seq)
                 except SpoolCorrupt:
                     continue
+                if limit is not None and len(out) >= limit:
+                    break
         return out
 
     def events_pending(self, txn: lmdb.Transaction, seq: int) -> bool:

@@ -21,7 +21,7 @@ import orjson
 import pytest
 from aiohttp import web
 
-from tests.support.engine import Engine
+from tests.support.engine import Engine, child_pid
 from tests.support.procs import free_port, wait_for
 
 pytestmark = pytest.mark.integration
@@ -76,25 +76,6 @@ class ThreadReceiver:
             return {int(e["event_seq"]) for e in self.events}
 
 
-def webhooks_pid(engine_pid: int) -> int | None:
-    """The pid of the supervisor's ``webhooks`` child, from /proc (Linux)."""
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as fh:
-                ppid = int(fh.read().rsplit(")", 1)[1].split()[1])
-            if ppid != engine_pid:
-                continue
-            with open(f"/proc/{entry}/cmdline", "rb") as fh:
-                argv = fh.read().split(b"\0")
-        except (OSError, IndexError, ValueError):
-            continue
-        if b"_child" in argv and b"webhooks" in argv:
-            return int(entry)
-    return None
-
-
 def inject_batch(eng: Engine, domains: list[str], start: int, n: int) -> None:
     kinds = ("ok", "ok", "bounce", "defer")
     rcpts = [f"{kinds[i % 4]}{i}@{domains[i % len(domains)]}" for i in range(start, start + n)]
@@ -121,11 +102,11 @@ def test_engine_webhooks_get_every_event_despite_outage_and_kill(mail_with_rules
             inject_batch(eng, mail.domains, 0, total // 2)
             # the first half's outcomes are logged while the endpoint is down
             wait_for(lambda: len(eng.final_events()) >= total // 4 or None, 60, what="outcomes during the outage")
-            old = wait_for(lambda: webhooks_pid(eng.proc.pid), 30, what="the webhooks child")  # type: ignore[union-attr]
+            old = wait_for(lambda: child_pid(eng.proc.pid, "webhooks"), 30, what="the webhooks child")  # type: ignore[union-attr]
             os.kill(old, signal.SIGKILL)
             receiver.start()
             inject_batch(eng, mail.domains, total // 2, total // 2)
-            new = wait_for(lambda: (p := webhooks_pid(eng.proc.pid)) and p != old and p or None,  # type: ignore[union-attr]
+            new = wait_for(lambda: (p := child_pid(eng.proc.pid, "webhooks")) and p != old and p or None,  # type: ignore[union-attr]
                            60, what="the supervisor restarting the webhooks child")
             assert new != old
             eng.wait_final(total, timeout_s=120)

@@ -36,6 +36,25 @@ def _toml_value(v: Any) -> str:
     raise TypeError(v)
 
 
+def child_pid(engine_pid: int, role: str) -> int | None:
+    """The pid of the supervisor's child running ``_child <role>``, from /proc (Linux)."""
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as fh:
+                ppid = int(fh.read().rsplit(")", 1)[1].split()[1])
+            if ppid != engine_pid:
+                continue
+            with open(f"/proc/{entry}/cmdline", "rb") as fh:
+                argv = fh.read().split(b"\0")
+        except (OSError, IndexError, ValueError):
+            continue
+        if b"_child" in argv and role.encode() in argv:
+            return int(entry)
+    return None
+
+
 class Engine:
     def __init__(self, workdir: Path, *, dns_port: int, dns_host: str = "127.0.0.1", smtp_port: int,
                  workers: int = 2, extra: dict[str, dict[str, Any]] | None = None) -> None:
