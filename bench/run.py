@@ -577,19 +577,23 @@ Targets on this 2-core machine: W1 ≥ 1,500 msg/s, W2 ≥ 20,000 rcpt/s.
 
 Targets of the project (issue 6): W1 5,000 msg/s, W2 50,000 rcpt/s at 100,000, CPU <= 0.3 ms per W1 message.
 
-Where it stands (2026-11-28): W1 and CPU per W1 message meet the targets (table above). W2 at
-100,000 recipients (`bench.run.run_once("W2", 100000)` x3 in one world) gave 25,445 rcpt/s median
-(23,934-27,238), 0.057 CPU ms per recipient; the 20,000-recipient figure above is lower because the
-cold DNS cache (1,023 MX + 686 A lookups) is a larger share of a 1-second run.
+Where it stands (2026-11-28). This machine's speed drifts: the wire limit measured about 21,000 msg/s
+at 16:45 and 18,200 at 17:35. W1 met the targets at 16:45 (6,211 msg/s, 0.26-0.28 CPU ms; commit
+09cd500); the run in the table, on the slower machine, gave 4,869 and 0.31-0.34. The code of both
+runs, alternated in one session (`run_once("W1", 20000)` x3 each), is within 3%: 5,305 vs 5,178
+msg/s, 0.30 vs 0.31 ms. Compare the ratios to Postfix and the wire limit of the same run, not
+figures of different runs. The relaxed rows come from the 16:45 machine. W2 at 100,000 recipients
+(`bench.run.run_once("W2", 100000)` x3 in one world) gave 27,625 rcpt/s median, 0.057 CPU ms per
+recipient; the 20,000-recipient figure is lower because the cold DNS cache (1,023 MX and TXT
+lookups, 686 A) is a larger share of a 1-second run.
 
 What limits it now (py-spy, see the commit messages and bench/results/OPTIMIZATIONS.md):
 - W2: total CPU. 0.057 ms per recipient over all processes means at most ~35,000 rcpt/s on 2 cores
-  even with perfect overlap, and the manager alone (26-28 us per recipient, one process) caps it near
-  37,000. In the manager's loop: accounting lines ~30% (orjson, ~4-7 us an event), worker frames in
-  and out ~20%, dnspython on a cold cache ~14% at 100,000, scheduling the rest; its LMDB commits run
-  in a thread. 50,000 rcpt/s needs both numbers cut by a third (e.g. one outcome per shared-reply
-  transaction instead of one per recipient on the IPC and in the manager; the log written by another
-  process; a lean DNS client).
+  even with perfect overlap; after the DNS warm-up the run goes near 31,000. The manager (20-25 us per
+  recipient since the accounting log has its own process) spends it on its LMDB commit thread, worker
+  frames in and out and scheduling; the workers a third on socket writes. 50,000 rcpt/s needs about
+  30% less CPU per recipient in both (e.g. one outcome per shared-reply transaction instead of one per
+  recipient on the IPC and in the manager; a lean DNS client for cold caches).
 - W1: the site with 37% of the mix lives on one worker (its sessions share one pool), so that
   worker's core is its ceiling; the manager places the other sites on the other worker.
 Raw per-repetition figures, config and machine info are in the JSON files; plots of delivered per
