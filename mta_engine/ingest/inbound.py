@@ -49,7 +49,7 @@ from ..spool import suppress
 from ..spool.origin import Origin, OriginIndex
 from ..spool.store import VERP_KEY
 from .listener import DrainingListener
-from .smtp_submit import COMMAND_CALL_LIMITS, SESSION_IDLE_TIMEOUT_S, enhance_reply, server_tls_context
+from .smtp_submit import COMMAND_CALL_LIMITS, SESSION_IDLE_TIMEOUT_S, EnhancedCodesSession, server_tls_context
 
 if TYPE_CHECKING:
     import lmdb
@@ -243,34 +243,12 @@ def report_events(spool: Spool, origin: OriginIndex | None, rep: Received, txn: 
 
 # --- the aiosmtpd adapter ---------------------------------------------------------------------
 
-class InboundSession(SMTP):  # type: ignore[misc]
+class InboundSession(EnhancedCodesSession):
     """One remote MTA's connection: aiosmtpd's engine with enhanced status codes on every reply."""
 
     def __init__(self, listener: InboundListener, **kwargs: Any) -> None:
         super().__init__(listener, **kwargs)
         listener.sessions.add(self)
-        self._greeted = False
-        self._raw_replies = False
-
-    async def push(self, status: Any) -> None:
-        if isinstance(status, str) and self._greeted and not self._raw_replies:
-            status = enhance_reply(status)
-        self._greeted = True  # RFC 2034 §3: no enhanced code on the greeting or EHLO/HELO replies
-        await super().push(status)
-
-    async def smtp_EHLO(self, hostname: str) -> None:
-        self._raw_replies = True
-        try:
-            await super().smtp_EHLO(hostname)
-        finally:
-            self._raw_replies = False
-
-    async def smtp_HELO(self, hostname: str) -> None:
-        self._raw_replies = True
-        try:
-            await super().smtp_HELO(hostname)
-        finally:
-            self._raw_replies = False
 
 
 class InboundListener(DrainingListener):

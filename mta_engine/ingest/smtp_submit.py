@@ -36,7 +36,7 @@ import ssl
 import time
 from dataclasses import dataclass, field
 from email.utils import formatdate
-from typing import Any, Mapping
+from typing import Any, Awaitable, Mapping
 
 import structlog
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
@@ -193,7 +193,36 @@ class _Transaction(Envelope):  # type: ignore[misc]
         self.rcpts: list[RcptCommand] = []
 
 
-class SubmissionSession(SMTP):  # type: ignore[misc]
+class EnhancedCodesSession(SMTP):  # type: ignore[misc]
+    """aiosmtpd's protocol engine with an RFC 3463 code on every reply but the greeting and the
+    EHLO/HELO replies (RFC 2034 §3); the base of the submission and inbound sessions."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._greeted = False
+        self._raw_replies = False
+
+    async def push(self, status: Any) -> None:
+        if isinstance(status, str) and self._greeted and not self._raw_replies:
+            status = enhance_reply(status)
+        self._greeted = True  # RFC 2034 §3: no enhanced code on the greeting or EHLO/HELO replies
+        await super().push(status)
+
+    async def _without_codes(self, command: Awaitable[None]) -> None:
+        self._raw_replies = True
+        try:
+            await command
+        finally:
+            self._raw_replies = False
+
+    async def smtp_EHLO(self, hostname: str) -> None:
+        await self._without_codes(super().smtp_EHLO(hostname))
+
+    async def smtp_HELO(self, hostname: str) -> None:
+        await self._without_codes(super().smtp_HELO(hostname))
+
+
+class SubmissionSession(EnhancedCodesSession):
     """One client connection: aiosmtpd's protocol engine with our MAIL/RCPT parsing and policy."""
 
     # Bounds one DATA line in memory (and the reader's buffer); RFC 5322's 998-octet limit is
@@ -204,8 +233,6 @@ class SubmissionSession(SMTP):  # type: ignore[misc]
         super().__init__(listener, **kwargs)
         self.listener = listener
         self.command_size_limits = self._command_limits()
-        self._greeted = False
-        self._raw_replies = False
         listener.sessions.add(self)
 
     def __repr__(self) -> str:
@@ -220,26 +247,11 @@ class SubmissionSession(SMTP):  # type: ignore[misc]
     def _create_envelope(self) -> _Transaction:
         return _Transaction()
 
-    async def push(self, status: Any) -> None:
-        if isinstance(status, str) and self._greeted and not self._raw_replies:
-            status = enhance_reply(status)
-        self._greeted = True  # RFC 2034 §3: no enhanced code on the greeting or EHLO/HELO replies
-        await super().push(status)
-
     async def smtp_EHLO(self, hostname: str) -> None:
-        self._raw_replies = True
         try:
             await super().smtp_EHLO(hostname)
         finally:
-            self._raw_replies = False
             self.command_size_limits = self._command_limits()  # aiosmtpd grows them on every EHLO
-
-    async def smtp_HELO(self, hostname: str) -> None:
-        self._raw_replies = True
-        try:
-            await super().smtp_HELO(hostname)
-        finally:
-            self._raw_replies = False
 
     async def check_auth_needed(self, caller_method: str) -> bool:
         assert self.session is not None

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
+import pytest
+
+from mta_engine.errors import LocalProtocolError
+from mta_engine.smtp._state import State
 from mta_engine.smtp.connection import ClientConnection
 from mta_engine.smtp.events import NEED_DATA, Command, Ehlo, Event, Replied
 
@@ -74,3 +78,19 @@ class ScriptedServer:
         self.reply(body)
         self.wire.clear()
         return self
+
+
+def send_from(conn: ClientConnection, state: State, command: Command,
+              table: Mapping[tuple[State, type], State]) -> bytes | None:
+    """Put ``conn`` in ``state`` and send ``command`` as the transition ``table`` allows: when the
+    table has no entry, check that sending raises ``LocalProtocolError`` and return None; else
+    check that the state moved where the table says and return the bytes sent."""
+    conn.state = state
+    expected = table.get((state, type(command)))
+    if expected is None:
+        with pytest.raises(LocalProtocolError):
+            conn.send(command)
+        return None
+    data = conn.send(command)
+    assert conn.state is expected
+    return data

@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 
 import pytest
-from scripted import ScriptedServer
+from scripted import ScriptedServer, send_from
 
 from mta_engine.errors import LocalProtocolError
 from mta_engine.smtp._state import SEND, State
@@ -19,15 +19,7 @@ _CASES = [(state, command) for state in State for command in SAMPLES]
 @pytest.mark.parametrize(("state", "command"), _CASES, ids=[f"{s.name}-{type(c).__name__}" for s, c in _CASES])
 def test_auth_send_table(state: State, command: Command) -> None:
     """Every (state, AUTH command) pair outside SEND raises; every pair inside lands where it says."""
-    conn = ClientConnection()
-    conn.state = state
-    expected = SEND.get((state, type(command)))
-    if expected is None:
-        with pytest.raises(LocalProtocolError):
-            conn.send(command)
-    else:
-        conn.send(command)
-        assert conn.state is expected
+    send_from(ClientConnection(), state, command, SEND)
 
 
 def test_auth_plain_wire_form() -> None:
