@@ -45,9 +45,15 @@ _LAST_LINE = b".\r\n"  # the terminator's own line (after the body's final CRLF)
 
 
 def normalize_crlf(data: bytes) -> bytes:
-    """Return ``data`` with every bare CR and bare LF turned into CRLF; CRLF stays CRLF."""
-    if b"\r" not in data:
-        return data.replace(b"\n", CRLF)
+    """Return ``data`` with every bare CR and bare LF turned into CRLF; CRLF stays CRLF.
+
+    Dropping every CR and putting one back before every LF is the answer when ``data`` has no CR,
+    and rebuilds ``data`` exactly when it has no bare CR or LF (every rendered message): two
+    one-octet replaces, about a fifth of the cost of the three-pass rewrite below.
+    """
+    rebuilt = data.replace(b"\r", b"").replace(b"\n", CRLF)
+    if b"\r" not in data or rebuilt == data:
+        return rebuilt
     return data.replace(CRLF, b"\n").replace(b"\r", b"\n").replace(b"\n", CRLF)
 
 
@@ -136,9 +142,11 @@ class PreparedMessage:
 
     @cached_property
     def payload(self) -> Payload:
-        """``dot_stuffed`` as a checked ``Payload`` event, built once: a shared body goes out in
-        many transactions, and the check scans every octet (about 4% of a W2 worker's CPU)."""
-        return Payload(self.dot_stuffed)
+        """``dot_stuffed`` as a ``Payload`` event, built once (a shared body goes out in many
+        transactions) and not re-checked: ``data`` has no bare CR or LF and ends in CRLF, so
+        ``dot_stuffed`` is in ``data_payload`` form by construction, and the check would rescan
+        every octet (about 6% of a W1 worker's CPU)."""
+        return Payload._trusted(self.dot_stuffed)
 
     def chunks(self, max_octets: int = DEFAULT_CHUNK_OCTETS) -> list[bytes]:
         """BDAT chunks (RFC 3030 §2): raw content, no stuffing, no terminator; never empty."""

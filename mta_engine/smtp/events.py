@@ -3,7 +3,8 @@
 Contract: each command validates itself on construction and knows its exact wire bytes
 (``to_bytes()``). A command that could not be sent safely (CR/LF or other control characters
 in an argument, a command line over 512 octets, a DATA payload that is not in the
-``data_payload`` form) raises ``LocalProtocolError``: that is our bug, never the peer's.
+``data_payload`` form) raises ``LocalProtocolError``: that is our bug, never the peer's. The one
+exception is ``Payload._trusted``, for ``PreparedMessage``'s payload, valid by construction.
 Pure: no I/O.
 """
 
@@ -177,10 +178,19 @@ class Payload:
     """Message content after a 354, already in ``body.data_payload`` form (or a lone ".\\r\\n").
 
     Validated with C-level scans: exactly one CRLF.CRLF, at the end, and no bare CR or LF
-    (RFC 5321 §4.1.1.4; SMTP smuggling, STANDARDS D01-D02).
+    (RFC 5321 §4.1.1.4; SMTP smuggling, STANDARDS D01-D02). ``_trusted`` skips the scans for
+    ``PreparedMessage.payload`` only, whose bytes are in that form by construction.
     """
 
     data: bytes
+
+    @classmethod
+    def _trusted(cls, data: bytes) -> Payload:
+        """A payload built without the check: ``data`` must be ``dot_stuff`` of CRLF-normalized
+        content ending in CRLF, plus ".\\r\\n". Anything else goes through ``Payload(data)``."""
+        payload = object.__new__(cls)
+        object.__setattr__(payload, "data", data)
+        return payload
 
     def __post_init__(self) -> None:
         data = self.data

@@ -49,10 +49,27 @@ def has_template_syntax(text: str) -> bool:
     return "{{" in text or "{%" in text
 
 
-def _crlf(text: str) -> str:
-    if "\r" in text:
-        text = text.replace("\r\n", "\n").replace("\r", "\n")
-    return text.replace("\n", "\r\n")
+def _crlf(data: bytes) -> bytes:
+    """UTF-8 ``data`` with CRLF line ends. UTF-8 never puts a CR or LF octet inside a multi-octet
+    character, so this is the conversion of the text, done on the octets the message needs."""
+    if b"\r" in data:
+        data = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+    return data.replace(b"\n", b"\r\n")
+
+
+def _lines_fit(data: bytes) -> bool:
+    """True if no line of ``data`` (split at LF; a CR counts as an octet) is over ``MAX_LINE_OCTETS``.
+
+    A longer line covers an offset that is a multiple of ``MAX_LINE_OCTETS + 1``, so measuring the
+    line at each such offset finds it: two C-level searches per kilooctet, against about 3 us to
+    split a 4 KB part into lines. A search longer than a line that fits ends the loop: linear.
+    """
+    for probe in range(0, len(data), MAX_LINE_OCTETS + 1):
+        start = data.rfind(b"\n", 0, probe) + 1
+        end = data.find(b"\n", probe)
+        if (len(data) if end < 0 else end) - start > MAX_LINE_OCTETS:
+            return False
+    return True
 
 
 def fold_header(name: str, value: str) -> str:
@@ -90,8 +107,8 @@ def _encode_part(text: str) -> tuple[bytes, str]:
     common case costs no encoding at all.
     """
     data = text.encode("utf-8")
-    if max(map(len, data.split(b"\n"))) <= MAX_LINE_OCTETS:
-        return _crlf(text).encode("utf-8"), "7bit" if data.isascii() else "8bit"
+    if _lines_fit(data):
+        return _crlf(data), "7bit" if data.isascii() else "8bit"
     qp = binascii.b2a_qp(data.replace(b"\r\n", b"\n"), istext=True)
     return qp.replace(b"\n", b"\r\n"), "quoted-printable"
 
@@ -125,7 +142,7 @@ class MessageTemplate:
             self._raw = _compile(raw, self.template)
             self.per_recipient = self.template
             if not self.template:
-                self._shared = _crlf(raw).encode("utf-8")
+                self._shared = _crlf(raw.encode("utf-8"))
             return
         self.per_recipient = True
         self._subject = _compile(built.get("subject") or "", self.template)
@@ -161,7 +178,7 @@ class MessageTemplate:
         vars_ = self.variables(address, name, variables)
         if self._raw is not None:
             assert isinstance(self._raw, jinja2.Template)
-            return _crlf(_render(self._raw, vars_)).encode("utf-8")
+            return _crlf(_render(self._raw, vars_).encode("utf-8"))
         return self._render_built(address, name, vars_, message_id)
 
     def _text_of(self, part: jinja2.Template | str | None, vars_: dict[str, Any]) -> str | None:

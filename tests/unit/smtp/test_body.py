@@ -27,10 +27,17 @@ def _has_bare_cr_or_lf(data: bytes) -> bool:
         (b"a\r\r\nb", b"a\r\n\r\nb"),
         (b"a\n\rb", b"a\r\n\r\nb"),
         (b"", b""),
+        # mostly normalized: one bare CR or LF among CRLFs, or as many CRs as LFs with none paired
+        (b"a\rb\nc", b"a\r\nb\r\nc"),
+        (b"\n\r", b"\r\n\r\n"),
+        (b"a\r\n\rb\n", b"a\r\n\r\nb\r\n"),
+        (b"\r\r\n\n", b"\r\n\r\n\r\n"),
+        (b"x\r\ny\r", b"x\r\ny\r\n"),
+        (b"\nx\r\ny", b"\r\nx\r\ny"),
     ],
 )
 def test_normalize_crlf(raw: bytes, normalized: bytes) -> None:
-    """Bare CR and bare LF each become CRLF; CRLF stays one line break."""
+    """Bare CR and bare LF each become CRLF; CRLF stays one line break, also among bare ones."""
     assert normalize_crlf(raw) == normalized
 
 
@@ -110,3 +117,20 @@ def test_normalize_is_idempotent(message: bytes) -> None:
     once = normalize_crlf(message)
     assert normalize_crlf(once) == once
     assert not _has_bare_cr_or_lf(once)
+
+
+def _three_pass_normalize(data: bytes) -> bytes:
+    """The plain rewrite normalize_crlf must match: CRLF to LF, CR to LF, LF to CRLF."""
+    return data.replace(b"\r\n", b"\n").replace(b"\r", b"\n").replace(b"\n", b"\r\n")
+
+
+@pytest.mark.parametrize("data", [b"a\r\nb\r\n", b"\r\n", b"\r\n\r\n.\r\n", b"caf\xc3\xa9\r\n.x\r\n"])
+def test_already_normalized_input_comes_back_unchanged(data: bytes) -> None:
+    """Content with CRLF line ends only (every rendered message) is returned as it is."""
+    assert normalize_crlf(data) == data
+
+
+@given(_messages)
+def test_normalize_matches_the_three_pass_rewrite(message: bytes) -> None:
+    """The already-normalized shortcut never changes the result, whatever the line endings."""
+    assert normalize_crlf(message) == _three_pass_normalize(message)

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import email
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from mta_engine.errors import LocalProtocolError
 from mta_engine.smtp.body import PreparedMessage, data_payload, envelope_needs_smtputf8, unstuff
+from mta_engine.smtp.events import Payload
 
 _messages = st.lists(st.sampled_from([b"\r", b"\n", b".", b"a", b"\r\n", b"\xc3\xa9", b" "]), max_size=60).map(
     b"".join
@@ -106,3 +109,25 @@ def test_envelope_needs_smtputf8_only_for_utf8_local_parts() -> None:
     assert not envelope_needs_smtputf8("a@example.com", ["b@bücher.example"])
     assert envelope_needs_smtputf8("a@example.com", ["jürgen@example.com"])
     assert envelope_needs_smtputf8("ä@example.com", [])
+
+
+@given(_messages)
+def test_payload_is_what_the_checking_constructor_accepts(raw: bytes) -> None:
+    """The unchecked payload passes the smuggling check and equals the data_payload form (D01-D02)."""
+    message = PreparedMessage(raw)
+    assert Payload(message.payload.data) == message.payload
+    assert message.payload.data == data_payload(raw)
+    assert message.payload is message.payload
+
+
+def test_payload_of_already_crlf_content_is_checked_form() -> None:
+    """Content that is CRLF already (a rendered message), dot lines included, gives a valid payload."""
+    message = PreparedMessage(b"Subject: x\r\n\r\n.\r\n..\r\nend\r\n")
+    assert message.payload == Payload(b"Subject: x\r\n\r\n..\r\n...\r\nend\r\n.\r\n")
+
+
+def test_outside_bytes_are_still_checked() -> None:
+    """Payload(data) keeps rejecting bytes that are not in data_payload form."""
+    for bad in (b"a\n.\r\n", b"a\r\n.\r\nb\r\n.\r\n", b"a\rb\r\n.\r\n"):
+        with pytest.raises(LocalProtocolError):
+            Payload(bad)

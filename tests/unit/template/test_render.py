@@ -5,10 +5,14 @@ from __future__ import annotations
 import email
 import email.policy
 
+import binascii
+
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from mta_engine.ingest.inject import parse_request
-from mta_engine.template.render import MessageTemplate, fold_header
+from mta_engine.template.render import MAX_LINE_OCTETS, MessageTemplate, _encode_part, fold_header
 
 
 def spec_of(content, **extra):
@@ -101,3 +105,82 @@ def test_non_ascii_subject_is_encoded_once_per_campaign() -> None:
     after = render._fold_slow.cache_info()
     assert outs == {b"=?utf-8?q?Orchard_Letter_=E2=80=94_November?="}
     assert after.hits - before.hits >= 4
+
+
+def _reference_encode_part(text: str) -> tuple[bytes, str]:
+    """The plain form of _encode_part: split into lines for the longest, CRLF-convert the text."""
+    data = text.encode("utf-8")
+    if max(map(len, data.split(b"\n"))) <= MAX_LINE_OCTETS:
+        crlf = text.replace("\r\n", "\n").replace("\r", "\n").replace("\n", "\r\n")
+        return crlf.encode("utf-8"), "7bit" if data.isascii() else "8bit"
+    qp = binascii.b2a_qp(data.replace(b"\r\n", b"\n"), istext=True)
+    return qp.replace(b"\n", b"\r\n"), "quoted-printable"
+
+
+@pytest.mark.parametrize(
+    ("text", "octets", "cte"),
+    [
+        ("a\r\nb", b"a\r\nb", "7bit"),
+        ("a\rb", b"a\r\nb", "7bit"),
+        ("a\nb\n", b"a\r\nb\r\n", "7bit"),
+        ("a\r\nb\rc\nd\n\r", b"a\r\nb\r\nc\r\nd\r\n\r\n", "7bit"),
+        ("caf\u00e9\r\n.x\r", "caf\u00e9\r\n.x\r\n".encode(), "8bit"),
+        ("", b"", "7bit"),
+    ],
+)
+def test_text_part_gets_crlf_line_ends(text: str, octets: bytes, cte: str) -> None:
+    """CRLF, bare CR and bare LF in a text part all become CRLF in its octets."""
+    assert _encode_part(text) == (octets, cte)
+
+
+@pytest.mark.parametrize(
+    ("text", "cte"),
+    [
+        ("y" * MAX_LINE_OCTETS, "7bit"),
+        ("y" * (MAX_LINE_OCTETS + 1), "quoted-printable"),
+        ("y" * MAX_LINE_OCTETS + "\r\nz", "quoted-printable"),  # the CR is counted before conversion
+        ("y" * (MAX_LINE_OCTETS - 1) + "\r\nz", "7bit"),
+        ("x" * 5 + "\n" + "y" * (MAX_LINE_OCTETS + 1) + "\nz", "quoted-printable"),  # spans one probe
+        ("x" * 500 + "\n" + "y" * MAX_LINE_OCTETS + "\n" + "z" * MAX_LINE_OCTETS, "7bit"),
+        (("y" * MAX_LINE_OCTETS + "\n") * 5, "7bit"),
+        ("y" * 3000, "quoted-printable"),
+        ("x" * 2500 + "\n" + "y" * 1200, "quoted-printable"),  # the long line comes last
+        ("\u00e9" * 499 + "\n", "8bit"),  # 499 characters, 998 octets: fits
+        ("\u00e9" * 500, "quoted-printable"),  # 500 characters, 1,000 octets
+    ],
+)
+def test_only_a_line_over_998_octets_makes_a_part_quoted_printable(text: str, cte: str) -> None:
+    """Line length is counted in octets between LFs, wherever the long line sits in the part."""
+    assert _encode_part(text) == _reference_encode_part(text)
+    assert _encode_part(text)[1] == cte
+
+
+def test_a_long_line_is_found_wherever_it_starts() -> None:
+    """At every offset, ended by an LF or by the part, 999 octets is quoted-printable and 998 is not."""
+    for start in range(MAX_LINE_OCTETS + 2):
+        lead = "x" * (start - 1) + "\n" if start else ""
+        for tail in ("", "\nz"):
+            assert _encode_part(lead + "y" * (MAX_LINE_OCTETS + 1) + tail)[1] == "quoted-printable", (start, tail)
+            assert _encode_part(lead + "y" * MAX_LINE_OCTETS + tail)[1] == "7bit", (start, tail)
+
+
+_part_texts = st.lists(
+    st.one_of(st.sampled_from(["\r", "\n", "\r\n", ".", "\u00e9", " "]),
+              st.integers(min_value=0, max_value=2100).map(lambda n: "y" * n)),
+    max_size=8,
+).map("".join)
+
+
+@given(_part_texts)
+def test_encode_part_matches_splitting_into_lines(text: str) -> None:
+    """Octets and Content-Transfer-Encoding are those of the plain split-and-convert form."""
+    assert _encode_part(text) == _reference_encode_part(text)
+
+
+@pytest.mark.parametrize("template", [False, True])
+def test_raw_message_with_mixed_line_ends_renders_with_crlf_only(template: bool) -> None:
+    """A raw message's CRLF, bare CR and bare LF all come out as CRLF, shared or per recipient."""
+    tail = "{{ n }}" if template else "x"
+    t = MessageTemplate(spec_of(f"From: s@x.test\r\nSubject: caf\u00e9\n\na\rb\r\n.c\n{tail}\r"))
+    raw = t.render(address="a@y.test", name=None, variables={"n": "x"}, message_id="m@x")
+    assert raw == "From: s@x.test\r\nSubject: caf\u00e9\r\n\r\na\r\nb\r\n.c\r\nx\r\n".encode()
