@@ -22,6 +22,7 @@ import structlog
 
 from ..config import Config
 from ..obs.accounting import AccountingLog
+from ..spool.records import event_count
 from ..spool.store import Spool
 from .readonly import open_spool_readonly
 
@@ -34,15 +35,17 @@ BATCH_EVENTS = 20_000
 
 
 def catch_up(spool: Spool, acct: AccountingLog) -> int:
-    """Write every committed event the log does not hold yet; returns how many were written."""
+    """Write every committed event the log does not hold yet; returns how many were read (a
+    grouped event counts once per recipient). Groups are read as stored: ``AccountingLog`` writes
+    their lines without expanding them into dicts."""
     total = 0
     while True:
         with spool.read() as txn:
-            events = spool.events_after(txn, acct.written_seq, limit=BATCH_EVENTS)
+            events = spool.events_after(txn, acct.written_seq, limit=BATCH_EVENTS, expand=False)
         if not events:
             return total
         acct.write(events)
-        total += len(events)
+        total += sum(map(event_count, events))
 
 
 async def accounting_main(cfg: Config) -> int:

@@ -48,7 +48,7 @@ def outbox_page(spool: Spool, after: int, limit: int) -> list[dict[str, Any]]:
             return out
         for _, raw in cur:
             try:
-                out.extend(ev for ev in records.decode_events(raw) if ev.get("event_seq", 0) > after)
+                out.extend(records.events_after_seq(records.decode_events(raw), after))
             except SpoolCorrupt:
                 continue
             if len(out) >= limit:

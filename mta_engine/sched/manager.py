@@ -36,12 +36,12 @@ from ..obs.rotation import last_written_seq
 from ..proc.ipc import FrameProtocol
 from ..routing.mx import MxHost, MxPlan
 from ..spool import records
-from ..spool.records import Recipient
+from ..spool.records import Recipient, last_seq
 from ..spool.store import Spool
 from .backoff import is_expired
 from .lease import LeasedTokens
 from .limits import LimitTable, SiteLimits
-from .queue import DsnPolicy, QueueWriter, Result, TickStats
+from .queue import Delivered, DsnPolicy, QueueWriter, Result, TickStats
 from .ready import ReadyQueues, StagedJob
 from .retry import RetryPolicy
 from .shared_limits import RateStore, SharedLimits
@@ -142,6 +142,7 @@ class Manager:
         self._sites_tick_at = 0.0
         self.workers: dict[int, WorkerLink] = {}
         self._results: list[Result] = []
+        self._delivered: list[Delivered] = []
         self._returns: list[Result] = []
         self._job_seq = 0
         self._wake = asyncio.Event()
@@ -260,32 +261,45 @@ class Manager:
         if link is None or item["id"] not in link.jobs:
             return
         msg_id, idxs, site = link.jobs[item["id"]]
-        lease_ms, attempts, addresses = self._job_meta.get(item["id"], (None, {}, {}))
-        tls = item.get("tls")
+        meta = self._job_meta.get(item["id"], (None, {}, {}))
         if item.get("partial"):
             # outcomes of the transactions finished so far in a longer job: applied at once, so a
             # crash later in the job cannot make these recipients go out twice
-            done = {r[0] for r in item["results"]}
+            done = self._collect(msg_id, site, item, meta)
             idxs[:] = [i for i in idxs if i not in done]
             link.inflight -= len(done)
-            for idx, code, enhanced, text, phase, unknown in item["results"]:
-                self._results.append(Result(msg_id, idx, code, enhanced, text, phase, site, item.get("mx"),
-                                            item.get("ip"), bool(unknown), tls=tls, address=addresses.get(idx),
-                                            attempts=attempts.get(idx, 0), lease_ms=lease_ms))
             return
         del link.jobs[item["id"]]
         self._job_meta.pop(item["id"], None)
         link.inflight -= len(idxs)
         self._site_feedback(self._job_lane.pop(item["id"], None), item, self.clock())
-        seen = set()
-        for idx, code, enhanced, text, phase, unknown in item["results"]:
-            seen.add(idx)
-            self._results.append(Result(msg_id, idx, code, enhanced, text, phase, site, item.get("mx"),
-                                        item.get("ip"), bool(unknown), tls=tls, address=addresses.get(idx),
-                                        attempts=attempts.get(idx, 0), lease_ms=lease_ms))
+        seen = self._collect(msg_id, site, item, meta)
         for idx in idxs:  # a worker must answer for every recipient; if not, count nothing and retry
             if idx not in seen:
                 self._results.append(Result(msg_id, idx, 0, site=site))
+
+    def _collect(self, msg_id: int, site: str, item: dict[str, Any],
+                 meta: tuple[int | None, dict[int, int], dict[int, str]]) -> set[int]:
+        """Queue a job report's outcomes for the next commit; returns the indexes it answered.
+        Consecutive deliveries with the same reply become one ``Delivered`` group."""
+        lease_ms, attempts, addresses = meta
+        tls, mx, ip = item.get("tls"), item.get("mx"), item.get("ip")
+        seen = set()
+        group: Delivered | None = None
+        for idx, code, enhanced, text, phase, unknown in item["results"]:
+            seen.add(idx)
+            address = addresses.get(idx)
+            if lease_ms is not None and address is not None and 200 <= code < 300 and not unknown:
+                if group is None or group.code != code or group.text != text or group.enhanced != enhanced \
+                        or group.phase != phase:
+                    group = Delivered(msg_id, lease_ms, [], code, enhanced, text, phase, site, mx, ip, tls)
+                    self._delivered.append(group)
+                group.members.append((idx, address, attempts.get(idx, 0)))
+                continue
+            group = None
+            self._results.append(Result(msg_id, idx, code, enhanced, text, phase, site, mx, ip, bool(unknown),
+                                        tls=tls, address=address, attempts=attempts.get(idx, 0), lease_ms=lease_ms))
+        return seen
 
     # -- the loop -------------------------------------------------------------------------------
     async def run(self) -> None:
@@ -293,7 +307,8 @@ class Manager:
         idle_s = 0.25
         while True:
             busy = await self.tick()
-            if self.draining and not self.workers and not self._results and not self._returns:
+            if self.draining and not self.workers and not self._results and not self._returns \
+                    and not self._delivered:
                 break
             if not busy:
                 try:
@@ -326,6 +341,7 @@ class Manager:
         """One scheduling round; returns whether there was anything to do."""
         loop = asyncio.get_running_loop()
         results, self._results = self._results, []
+        delivered, self._delivered = self._delivered, []
         returns, self._returns = self._returns, []
         free = self.capacity()
         due: list[Due] = []
@@ -350,15 +366,15 @@ class Manager:
         fails.extend(self._stage(due, plans, now))
         jobs_by_shard, leases, sent = self._dispatch(free, now) if free else ({}, [], [])
         site_events = self._log_site_changes(now)
-        if not (results or returns or leases or fails or site_events or self._suspensions_dirty
+        if not (results or delivered or returns or leases or fails or site_events or self._suspensions_dirty
                 or self._outbox_pending()):
             return bool(due)
         stats = TickStats()
         t3 = time.perf_counter()
         if self.acct is None:
             self._refresh_log_position()
-        events = await loop.run_in_executor(self._executor, self._commit, results + returns, leases, fails,
-                                            now_ms, stats, site_events)
+        events = await loop.run_in_executor(self._executor, self._commit, results + returns, delivered, leases,
+                                            fails, now_ms, stats, site_events)
         for job in sent:
             self.ready.release(job)
         t4 = time.perf_counter()
@@ -387,7 +403,7 @@ class Manager:
                 link.inflight += len(job["rcpts"])
         if events and self.acct is not None:
             self.acct.write(events)
-            self._outbox_written = events[-1]["event_seq"]
+            self._outbox_written = last_seq(events)
         self._count(stats)
         return True
 
@@ -468,7 +484,7 @@ class Manager:
                 log.warning("due_entries_dropped", count=len(bad), reason="recipient missing or corrupt")
         return out
 
-    def _commit(self, results: list[Result], leases: list[tuple[bytes, int, int]],
+    def _commit(self, results: list[Result], delivered: list[Delivered], leases: list[tuple[bytes, int, int]],
                 fails: list[tuple[list[tuple[bytes, int, int]], dict[str, Any]]], now_ms: int,
                 stats: TickStats, site_events: list[dict[str, Any]]) -> list[dict[str, Any]]:
         events: list[dict[str, Any]] = list(site_events)
@@ -476,6 +492,8 @@ class Manager:
             if self._outbox_written:  # webhook endpoints may still need older events (up to retention)
                 self.spool.events_trim(txn, min(self._outbox_written, webhooks.trim_floor(
                     txn, self.spool, self.cfg.webhooks, now_ms / 1000)))
+            if delivered:
+                self.writer.apply_delivered(txn, delivered, now_ms, stats, events)
             if results:
                 self.writer.apply(txn, results, now_ms, stats, events)
             for items, why in fails:
@@ -491,7 +509,7 @@ class Manager:
             # our own batch is in hand, only the others are read back
             if self.acct is None:
                 return events  # the accounting process reads the whole outbox itself
-            own = events[-1]["event_seq"] if events else None
+            own = last_seq(events) if events else None
             others = self.spool.events_after(txn, self._outbox_written, skip_key=own)
             if not others:
                 return events

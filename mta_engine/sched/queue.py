@@ -62,6 +62,27 @@ class Result:
     """From the manager's lease bookkeeping: lets a delivery be applied without reading the record."""
 
 
+@dataclass(slots=True)
+class Delivered:
+    """Leased recipients of one message that one 2xx reply delivered (one transaction, or
+    consecutive ones with the same reply): applied without reading their records and logged as
+    one grouped event (``records.GROUP_MEMBERS``). Every other outcome is a ``Result``."""
+
+    msg_id: int
+    lease_ms: int
+    members: list[tuple[int, str, int]]
+    """(recipient index, address, attempts before this one)"""
+    code: int
+    enhanced: str | None
+    text: str
+    phase: str
+    site: str | None
+    mx: str | None
+    ip: str | None
+    tls: dict[str, Any] | None = None
+    unknown: bool = False
+
+
 @dataclass(frozen=True, slots=True)
 class DsnPolicy:
     reporting_mta: str
@@ -147,6 +168,41 @@ class QueueWriter:
             out.append(Lease(msg_id, index, lease_ms))
         return out
 
+    def apply_delivered(self, txn: lmdb.Transaction, groups: list[Delivered], now_ms: int, stats: TickStats,
+                        events: list[dict[str, Any]]) -> None:
+        """Apply deliveries of leased recipients: delete each record, its lease and its due entry;
+        one event per group (a plain one for a single recipient). A recipient already gone
+        (a duplicate report, or cancelled meanwhile) is not counted or logged again."""
+        rcpt_db, due_db, infl_db = self._db["rcpt"], self._db["due"], self._db["inflight"]
+        rcpt_key, due_key = records.rcpt_key, records.due_key
+        touched: dict[int, int] = {}
+        for g in groups:
+            msg_id, lease_ms = g.msg_id, g.lease_ms
+            each = []
+            for index, address, attempts in g.members:
+                rkey = rcpt_key(msg_id, index)
+                gone = not txn.delete(rkey, db=rcpt_db)
+                txn.delete(rkey, db=infl_db)
+                txn.delete(due_key(lease_ms, msg_id, index), db=due_db)
+                if not gone:
+                    each.append([index, address, attempts + 1])
+            msg = self.message(txn, msg_id)
+            if msg is None or not each:
+                continue
+            n = len(each)
+            stats.delivered += n
+            stats.sites.setdefault(g.site or "-", [0, 0, 0])[0] += n
+            touched[msg_id] = touched.get(msg_id, 0) + n
+            if n == 1:
+                index, address, attempt = each[0]
+                events.append(self._event("Delivery", msg, records.rcpt_id(msg_id, index), address, attempt, g, now_ms))
+                continue
+            ev = {"type": "Delivery", "timestamp": now_ms / 1000.0, "queue_id": records.queue_id(msg_id)}
+            self._shared_fields(ev, msg, g, now_ms)
+            ev[records.GROUP_MEMBERS] = each
+            events.append(ev)
+        self._finish_messages(txn, touched)
+
     def _unlease(self, txn: lmdb.Transaction, msg_id: int, index: int) -> None:
         rkey = records.rcpt_key(msg_id, index)
         raw = txn.pop(rkey, db=self._db["inflight"])
@@ -184,7 +240,8 @@ class QueueWriter:
                     continue  # already final (duplicate report) or its message is gone
                 stats.delivered += 1
                 stats.sites.setdefault(r.site or "-", [0, 0, 0])[0] += 1
-                events.append(self._event("Delivery", msg, r.address, r.attempts + 1, r, now_ms))
+                events.append(self._event("Delivery", msg, records.rcpt_id(r.msg_id, r.index), r.address, r.attempts + 1,
+                                          r, now_ms))
                 touched[r.msg_id] = touched.get(r.msg_id, 0) + 1
                 continue
             raw = txn.get(rkey, db=rcpt_db)
@@ -231,7 +288,8 @@ class QueueWriter:
                 stats.deferred += 1
                 stats.unknown += r.unknown
                 site_counts[1] += 1
-            event = self._event(FINAL_TYPES.get(state, "TransientFailure"), msg, rec.address, rec.attempts, r, now_ms)
+            event = self._event(FINAL_TYPES.get(state, "TransientFailure"), msg, records.rcpt_id(r.msg_id, r.index),
+                                rec.address, rec.attempts, r, now_ms)
             if verdict is not None:
                 event["category"], event["rule"] = str(verdict.category), verdict.rule
                 event["permanence"] = "permanent" if state is not State.QUEUED else str(verdict.permanence)
@@ -364,12 +422,20 @@ class QueueWriter:
             return self.classifier.classify(None, None, r.text, None, local)
         return self.classifier.classify(r.code, r.enhanced, r.text, phase)
 
-    def _event(self, type_: str, msg: Message, address: str, attempt: int, r: Result, now_ms: int) -> dict[str, Any]:
-        ev = {"type": type_, "timestamp": now_ms / 1000.0, "queue_id": records.rcpt_id(r.msg_id, r.index),
-              "recipient": address, "sender": msg.sender, "campaign": msg.campaign, "tenant": msg.tenant,
-              "site": r.site, "mx": r.mx, "ip": r.ip, "code": r.code, "enhanced": r.enhanced,
-              "response": r.text, "phase": r.phase, "attempt": attempt,
-              "latency_s": round((now_ms - msg.created_ms) / 1000.0, 3)}
+    def _event(self, type_: str, msg: Message, queue_id: str, address: str, attempt: int, r: Result | Delivered,
+               now_ms: int) -> dict[str, Any]:
+        """One recipient's event; its keys in the order of an expanded group's (``records.expand_group``)."""
+        ev = {"type": type_, "timestamp": now_ms / 1000.0, "queue_id": queue_id, "recipient": address}
+        self._shared_fields(ev, msg, r, now_ms)
+        ev["attempt"] = attempt
+        return ev
+
+    @staticmethod
+    def _shared_fields(ev: dict[str, Any], msg: Message, r: Result | Delivered, now_ms: int) -> None:
+        """The fields of an event that every recipient of one reply shares."""
+        ev.update(sender=msg.sender, campaign=msg.campaign, tenant=msg.tenant, site=r.site, mx=r.mx, ip=r.ip,
+                  code=r.code, enhanced=r.enhanced, response=r.text, phase=r.phase,
+                  latency_s=round((now_ms - msg.created_ms) / 1000.0, 3))
         if r.unknown:
             ev["unknown"] = True
         if r.tls:
@@ -379,4 +445,3 @@ class QueueWriter:
                 ev["tls_dane"], ev["tls_dane_record"] = True, r.tls.get("dane_record")
             if r.tls.get("mta_sts"):  # RFC 8461: the MX host and its certificate checked against the policy
                 ev["tls_mta_sts"] = r.tls["mta_sts"]
-        return ev

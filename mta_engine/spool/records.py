@@ -180,15 +180,71 @@ def decode_body(data: bytes) -> dict[str, Any]:
     return spec
 
 
+EVENTS_GROUPED = 2
+"""Outbox batch version when it holds a grouped event (see ``GROUP_MEMBERS``)."""
+GROUP_MEMBERS = "_each"
+"""Key of a grouped event: the recipients of one transaction that got the same reply, stored as
+``[index, address, attempt]`` under the fields they share (``queue_id`` is the message's and
+``event_seq`` the first member's). One group costs one dict, not one per recipient, in the
+manager, the outbox and the accounting process; ``expand_group`` gives the per-recipient events."""
+GROUP_OWN_KEYS = frozenset(("type", "timestamp", "queue_id", "event_seq", GROUP_MEMBERS))
+"""Keys of a grouped event that are not shared as they are by its members."""
+
+
+def event_count(ev: dict[str, Any]) -> int:
+    """Sequence numbers an outbox event takes: one, or one per member of a group."""
+    members = ev.get(GROUP_MEMBERS)
+    return 1 if members is None else len(members)
+
+
+def last_seq(events: list[dict[str, Any]]) -> int:
+    """The highest ``event_seq`` of a non-empty list of outbox events (a group's last member)."""
+    ev = events[-1]
+    return int(ev.get("event_seq", 0)) + event_count(ev) - 1
+
+
+def expand_group(ev: dict[str, Any]) -> list[dict[str, Any]]:
+    """The per-recipient events of a grouped event, in member order, each with its own
+    ``queue_id`` (message id + index), ``recipient``, ``attempt`` and ``event_seq``. Key order is
+    the one ``obs.accounting`` writes: type, timestamp, queue_id, recipient, the shared fields,
+    attempt, event_seq."""
+    members = ev[GROUP_MEMBERS]
+    head = {"type": ev.get("type"), "timestamp": ev.get("timestamp")}
+    shared = {k: v for k, v in ev.items() if k not in GROUP_OWN_KEYS}
+    qid, seq = ev.get("queue_id"), ev.get("event_seq", 0)
+    out = []
+    for i, (index, address, attempt) in enumerate(members):
+        one = dict(head)
+        one["queue_id"], one["recipient"] = f"{qid}.{index}", address
+        one.update(shared)
+        one["attempt"], one["event_seq"] = attempt, seq + i
+        out.append(one)
+    return out
+
+
 def encode_events(events: list[dict[str, Any]]) -> bytes:
-    return msgpack.packb([SCHEMA_VERSION, events], use_bin_type=True)
+    grouped = any(GROUP_MEMBERS in ev for ev in events)
+    return msgpack.packb([EVENTS_GROUPED if grouped else SCHEMA_VERSION, events], use_bin_type=True)
 
 
 def decode_events(data: bytes) -> list[dict[str, Any]]:
+    """An outbox batch as stored: grouped events stay grouped (see ``expand_group``)."""
     try:
         v, events = msgpack.unpackb(data, raw=False)
     except Exception as exc:
         raise SpoolCorrupt(f"undecodable event batch: {exc}") from exc
-    if v != SCHEMA_VERSION or not isinstance(events, list):
+    if v not in (SCHEMA_VERSION, EVENTS_GROUPED) or not isinstance(events, list):
         raise SpoolCorrupt("event batch has no supported version")
     return events
+
+
+def events_after_seq(events: list[dict[str, Any]], seq: int) -> list[dict[str, Any]]:
+    """The per-recipient events of a decoded batch with ``event_seq`` > seq (groups expanded)."""
+    out: list[dict[str, Any]] = []
+    for ev in events:
+        if GROUP_MEMBERS in ev:
+            if ev.get("event_seq", 0) + len(ev[GROUP_MEMBERS]) - 1 > seq:
+                out.extend(e for e in expand_group(ev) if e["event_seq"] > seq)
+        elif ev.get("event_seq", 0) > seq:
+            out.append(ev)
+    return out

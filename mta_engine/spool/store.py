@@ -108,16 +108,19 @@ class Spool:
         """
         if not events:
             return
-        first = self.counter_take(txn, b"next_event", len(events))
-        for i, ev in enumerate(events):
-            ev["event_seq"] = first + i
-        txn.put(records.u64(first + len(events) - 1), records.encode_events(events), db=self.dbs["outbox"])
+        seq = self.counter_take(txn, b"next_event", sum(map(records.event_count, events)))
+        for ev in events:
+            ev["event_seq"] = seq
+            seq += records.event_count(ev)  # a grouped event takes one number per recipient
+        txn.put(records.u64(seq - 1), records.encode_events(events), db=self.dbs["outbox"])
 
     def events_after(self, txn: lmdb.Transaction, seq: int, *, skip_key: int | None = None,
-                     limit: int | None = None) -> list[dict[str, Any]]:
+                     limit: int | None = None, expand: bool = True) -> list[dict[str, Any]]:
         """Outbox events with ``event_seq`` > seq, in order (undecodable batches are skipped);
         ``skip_key`` names a batch (by its last sequence number) the caller already has. With
-        ``limit``, whole batches are read until at least ``limit`` events are in hand."""
+        ``limit``, whole batches are read until at least ``limit`` events are in hand. Grouped
+        events (``records.GROUP_MEMBERS``) come one per recipient, or as stored with
+        ``expand=False`` (then a group may start at or before ``seq``: the caller skips members)."""
         out: list[dict[str, Any]] = []
         skip = records.u64(skip_key) if skip_key is not None else None
         with txn.cursor(db=self.dbs["outbox"]) as cur:
@@ -127,9 +130,11 @@ class Spool:
                 if key == skip:
                     continue
                 try:
-                    out.extend(ev for ev in records.decode_events(raw) if ev.get("event_seq", 0) > seq)
+                    batch = records.decode_events(raw)
                 except SpoolCorrupt:
                     continue
+                out.extend(records.events_after_seq(batch, seq) if expand else
+                           [ev for ev in batch if ev.get("event_seq", 0) + records.event_count(ev) - 1 > seq])
                 if limit is not None and len(out) >= limit:
                     break
         return out

@@ -49,3 +49,19 @@ def test_events_after_with_a_limit_stops_at_whole_outbox_records(tmp_path: Path)
         assert [e["event_seq"] for e in spool.events_after(txn, 6, limit=1)] == [7, 8]
         assert len(spool.events_after(txn, 0)) == 12
     spool.close()
+
+
+def test_a_batch_longer_than_one_write_chunk_is_written_whole_and_in_order(tmp_path: Path, monkeypatch) -> None:
+    from mta_engine.obs import accounting as acct_mod
+
+    monkeypatch.setattr(acct_mod, "WRITE_LINES", 4)
+    path = tmp_path / "acct.jsonl"
+    acct = AccountingLog(str(path))
+    events = [{"type": "Delivery", "event_seq": i, "recipient": f"r{i}@d.test", "mx": None} for i in range(1, 11)]
+    assert acct.write(events) == 10
+    assert acct.write(events[:5]) == 10  # already in the file: skipped
+    acct.close()
+    lines = logged(path)
+    assert [e["event_seq"] for e in lines] == list(range(1, 11))
+    assert all("mx" not in e for e in lines)  # None fields are left out
+    assert path.read_bytes().endswith(b"}\n")

@@ -1,10 +1,18 @@
-"""Stand-ins for the manager's collaborators in pure scheduler tests: a clock, a resolver, a worker link."""
+"""Stand-ins for the manager's collaborators in pure scheduler tests: a clock, a resolver, a worker
+link; and the real parts they sit beside (a spool with a message in it, a manager with a log)."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
+from mta_engine.config import from_dict
+from mta_engine.ingest.commit import write_submissions
+from mta_engine.ingest.inject import parse_request
+from mta_engine.obs.accounting import AccountingLog
 from mta_engine.routing.mx import MxHost, MxPlan
+from mta_engine.sched.manager import Manager
+from mta_engine.spool.store import Spool
 
 T0 = 1_700_000_000.0
 
@@ -43,3 +51,29 @@ class Link:
 
     def jobs(self) -> list[dict[str, Any]]:
         return [j for f in self.sent if f["t"] == "jobs" for j in f["items"]]
+
+
+def inject(spool: Spool, n: int, now_ms: int, domain: str = "y.test") -> int:
+    """One message to r0..r<n-1>@domain, committed as ingest does; returns its id."""
+    sub = parse_request({"envelope_sender": "s@x.test", "content": "From: s@x.test\n\nx",
+                         "recipients": [f"r{i}@{domain}" for i in range(n)]}, now_s=now_ms / 1000, boundary="b")
+    (msg_id,) = write_submissions(spool, [sub], now_ms)
+    return msg_id
+
+
+def connected_manager(tmp: Path, **sections: dict[str, Any]) -> tuple[Manager, Spool, Clock, Link, AccountingLog]:
+    """A manager on a real spool and accounting log under ``tmp`` (one worker, no DSNs unless
+    ``sections`` say otherwise), with one fake worker connected as shard 0."""
+    data: dict[str, Any] = {"spool": {"path": str(tmp / "spool"), "map_size_mb": 64},
+                            "log": {"accounting": str(tmp / "acct.jsonl")}, "delivery": {"workers": 1},
+                            "dsn": {"enabled": False}}
+    for section, body in sections.items():
+        data.setdefault(section, {}).update(body)
+    cfg = from_dict(data)
+    spool = Spool(cfg.spool.path, map_size_mb=64)
+    clock = Clock()
+    acct = AccountingLog(cfg.log.accounting)
+    mgr = Manager(cfg, spool, Resolver(), acct, clock=clock)
+    link = Link()
+    mgr.on_frame(link, {"t": "hello", "shard": 0, "pid": 1})  # type: ignore[arg-type]
+    return mgr, spool, clock, link, acct

@@ -8,32 +8,15 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
-from mta_engine.config import from_dict
-from mta_engine.ingest.commit import write_submissions
-from mta_engine.ingest.inject import parse_request
-from mta_engine.obs.accounting import AccountingLog
-from mta_engine.sched.manager import Manager
 from mta_engine.sched.site import Mode
-from mta_engine.spool.store import Spool
-from tests.unit.sched.fakes import Clock, Link, Resolver
+from tests.unit.sched.fakes import connected_manager, inject
 
 THROTTLE = (451, "4.7.1", "rate limited, try again later")
 
 
 def run(tmp_path: Path, domain: str) -> Mode:
-    cfg = from_dict({"spool": {"path": str(tmp_path / "spool"), "map_size_mb": 64},
-                     "log": {"accounting": str(tmp_path / "acct.jsonl")},
-                     "delivery": {"workers": 1}, "dsn": {"enabled": False},
-                     "lmtp": {"routes": {"mailstore.test": "127.0.0.1:2400"}}})
-    spool = Spool(cfg.spool.path, map_size_mb=64)
-    clock = Clock()
-    acct = AccountingLog(cfg.log.accounting)
-    mgr = Manager(cfg, spool, Resolver(), acct, clock=clock)
-    link = Link()
-    mgr.on_frame(link, {"t": "hello", "shard": 0, "pid": 1})  # type: ignore[arg-type]
-    sub = parse_request({"envelope_sender": "s@x.test", "content": "From: s@x.test\n\nx",
-                         "recipients": [f"a@{domain}", f"b@{domain}"]}, now_s=clock.now, boundary="b")
-    write_submissions(spool, [sub], int(clock.now * 1000))
+    mgr, spool, clock, link, acct = connected_manager(tmp_path, lmtp={"routes": {"mailstore.test": "127.0.0.1:2400"}})
+    inject(spool, 2, int(clock.now * 1000), domain)
 
     async def go() -> Mode:
         await mgr.tick()

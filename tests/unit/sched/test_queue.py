@@ -6,29 +6,18 @@ from pathlib import Path
 
 import pytest
 
-from mta_engine.ingest.commit import write_submissions
-from mta_engine.ingest.inject import parse_request
 from mta_engine.obs.accounting import AccountingLog
 from mta_engine.sched.queue import QueueWriter, Result, TickStats
 from mta_engine.sched.retry import RetryPolicy
 from mta_engine.spool import records
 from mta_engine.spool.store import Spool
+from tests.unit.sched import fakes
 
 T0 = 1_700_000_000_000
 
 
-@pytest.fixture
-def spool(tmp_path: Path):
-    s = Spool(tmp_path / "spool", map_size_mb=64)
-    yield s
-    s.close()
-
-
 def inject(spool: Spool, n: int, now_ms: int = T0) -> int:
-    sub = parse_request({"envelope_sender": "s@x.test", "content": "From: s@x.test\n\nx",
-                         "recipients": [f"r{i}@y.test" for i in range(n)]}, now_s=now_ms / 1000, boundary="b")
-    (msg_id,) = write_submissions(spool, [sub], now_ms)
-    return msg_id
+    return fakes.inject(spool, n, now_ms)
 
 
 def due_items(spool: Spool) -> list[tuple[bytes, int, int]]:
