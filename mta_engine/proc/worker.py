@@ -155,7 +155,11 @@ class Worker:
     def report(self, job: dict[str, Any], results: list[Outcome], mx: str | None = None, ip: str | None = None,
                kind: str = "delivered", tls: dict[str, Any] | None = None) -> None:
         """Queue one job's outcome for the manager. ``kind`` tells the site how the session went:
-        delivered (the server answered, whatever it said), connect_failed, timeout, closing_421."""
+        delivered (the server answered, whatever it said), connect_failed, timeout, closing_421.
+        A part of a job split by domain (``_partial``, see ``deliver``) reports as a partial."""
+        if job.get("_partial"):
+            self.report_partial(job, results, mx, ip, tls)
+            return
         self._out.append({"id": job["id"], "results": results, "mx": mx, "ip": ip, "kind": kind, "tls": tls})
         if len(self._out) >= FLUSH_ITEMS:
             self.flush()
@@ -198,11 +202,14 @@ class Worker:
     async def run_site(self, sq: SiteQueue) -> None:
         session: SmtpSession | None = None
         endpoint: Endpoint | None = None
+        last_domain = ""
         try:
             while sq.jobs and not self.draining:
                 job = sq.jobs.popleft()
                 self.active += 1
                 try:
+                    session, endpoint = await self._for_domain(session, endpoint, last_domain, job["domain"])
+                    last_domain = job["domain"]
                     session, endpoint = await self.deliver(job, session, endpoint)
                 except Exception as exc:  # a bug must cost a deferral, never a lost recipient
                     log.exception("job_failed", site=sq.site, error=repr(exc))
@@ -215,9 +222,7 @@ class Worker:
                     self.active -= 1
         finally:
             sq.runners -= 1
-            if session is not None and endpoint is not None:
-                for s in self.pool.put(session, endpoint, time.monotonic()):
-                    asyncio.get_running_loop().create_task(s.close())
+            self._park(session, endpoint)
             if not sq.jobs and sq.runners == 0:
                 self.sites.pop(sq.site, None)
             if self.draining and self.active == 0:
@@ -515,6 +520,9 @@ class Worker:
                       endpoint: Endpoint | None) -> tuple[SmtpSession | None, Endpoint | None]:
         """One job: one transaction with all recipients (shared body), or one transaction per
         recipient over the same session (rendered bodies). Reports one outcome per recipient."""
+        domains = job.get("domains")
+        if domains and len(domains) > 1 and not await self._one_policy(domains):
+            return await self._deliver_by_domain(job, session, endpoint)
         try:
             body = self.body(job["msg"])
         except (SpoolCorrupt, MtaError) as exc:
@@ -527,6 +535,50 @@ class Worker:
             if held[0] is not None:  # never leak a connection on an unexpected error
                 held[0].abort()
             raise
+
+    async def _one_policy(self, domains: list[str]) -> bool:
+        """Whether recipients at ``domains`` (one site: the same MX hosts) may share a session and a
+        transaction: the same ``[tls]`` mode and no MTA-STS policy at any of them (a policy is per
+        domain, RFC 8461 §4; a domain without one must not be refused by another's)."""
+        if len({self.cfg.tls.mode_for(d) for d in domains}) > 1:
+            return False
+        for d in domains:
+            try:
+                if await self.sts_policy(d) is not None:
+                    return False
+            except MtaError:
+                return False
+        return True
+
+    async def _deliver_by_domain(self, job: dict[str, Any], session: SmtpSession | None,
+                                 endpoint: Endpoint | None) -> tuple[SmtpSession | None, Endpoint | None]:
+        """A job whose domains need different policies: one part per domain, each under its own
+        policy (and its own session); all parts but the last report as partials of the job."""
+        parts: dict[str, list[Any]] = {}
+        for r in job["rcpts"]:
+            parts.setdefault(r[1].rpartition("@")[2].lower(), []).append(r)
+        last = job["domain"]
+        for n, (domain, rcpts) in enumerate(parts.items()):
+            part = {**job, "domain": domain, "rcpts": rcpts, "domains": None, "_partial": n + 1 < len(parts)}
+            session, endpoint = await self._for_domain(session, endpoint, last, domain)
+            last = domain
+            session, endpoint = await self.deliver(part, session, endpoint)
+        return session, endpoint
+
+    async def _for_domain(self, session: SmtpSession | None, endpoint: Endpoint | None, last: str,
+                          domain: str) -> tuple[SmtpSession | None, Endpoint | None]:
+        """The held session, if it was opened under the same policy ``domain`` needs; else it goes
+        back to the pool (keyed by its TLS mode), where ``connect`` finds it when that mode fits."""
+        if session is None or domain == last or await self._one_policy([last, domain]):
+            return session, endpoint
+        self._park(session, endpoint)
+        return None, None
+
+    def _park(self, session: SmtpSession | None, endpoint: Endpoint | None) -> None:
+        """Return a session to the pool (closing what the pool evicts)."""
+        if session is not None and endpoint is not None:
+            for s in self.pool.put(session, endpoint, time.monotonic()):
+                asyncio.get_running_loop().create_task(s.close())
 
     async def _deliver(self, job: dict[str, Any], body: Body, held: list[SmtpSession | None],
                        endpoint: Endpoint | None) -> tuple[SmtpSession | None, Endpoint | None]:

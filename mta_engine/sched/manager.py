@@ -42,7 +42,7 @@ from .backoff import is_expired
 from .lease import LeasedTokens
 from .limits import LimitTable, SiteLimits
 from .queue import Delivered, DsnPolicy, QueueWriter, Result, TickStats
-from .ready import ReadyQueues, StagedJob
+from .ready import Flow, ReadyQueues, StagedJob
 from .retry import RetryPolicy
 from .shared_limits import RateStore, SharedLimits
 from .signals import ThrottleRules
@@ -79,6 +79,27 @@ class WorkerLink:
 
     def __repr__(self) -> str:
         return f"<WorkerLink shard={self.shard} pid={self.pid} jobs={len(self.jobs)} inflight={self.inflight}>"
+
+
+@dataclass(slots=True)
+class _Merge:
+    """One message's due recipients at one site, gathered across domains before they are staged."""
+
+    flow: Flow
+    per_recipient: bool
+    step: int
+    items: list[tuple[bytes, int, Recipient]] = field(default_factory=list)
+    spans: list[tuple[str, int]] = field(default_factory=list)
+    """(domain, index of its first item) in item order."""
+
+    def domains_in(self, start: int, end: int) -> tuple[str, ...]:
+        """The domains with items in ``items[start:end]``, in item order."""
+        out = []
+        for n, (domain, first) in enumerate(self.spans):
+            last = self.spans[n + 1][1] if n + 1 < len(self.spans) else len(self.items)
+            if first < end and last > start:
+                out.append(domain)
+        return tuple(out)
 
 
 @dataclass(slots=True)
@@ -638,11 +659,20 @@ class Manager:
         self._wake.set()
 
     def _stage(self, due: list[Due], plans: dict[str, MxPlan | DnsError], now: float) -> list[Any]:
-        """Put due recipients in their site's ready queue; return what fails without a connection."""
+        """Put due recipients in their site's ready queue; return what fails without a connection.
+
+        One message's recipients at domains that share a site (the same MX hosts) go into the same
+        jobs, so one transaction carries them (Postfix groups per next hop; W2 at 100,000: 7,486 ->
+        5,333 transactions). A suspended domain, or one with its own ``[tls] per_domain`` policy,
+        keeps jobs of its own; the worker splits a job whose domains have different MTA-STS policies.
+        """
         groups: dict[tuple[int, str], list[Due]] = {}
         for d in due:
             groups.setdefault((d.msg_id, d.rec.domain), []).append(d)
         fails: list[tuple[list[tuple[bytes, int, int]], dict[str, Any]]] = []
+        merged: dict[tuple[int, str, str | None], _Merge] = {}
+        taken: dict[tuple[str, Any], int] = {}
+        own_policy = self.cfg.tls.per_domain
         for (msg_id, domain), ds in groups.items():
             plan = plans.get(domain)
             msg = self.writer.cached(msg_id)
@@ -666,14 +696,26 @@ class Manager:
                 fails.append(([(d.dkey, d.msg_id, d.index) for d in ds], self._expiry_failure(plan.site, st)))
                 continue
             flow = (msg.priority, msg.tenant, msg.campaign)
-            room = self.ready.room(plan.site, flow)
+            room = self.ready.room(plan.site, flow) - taken.get((plan.site, flow), 0)
             if len(ds) > room:  # the flow has enough ready: the rest waits in the due index
                 self._note_rescan(ds[room].dkey, flow=(plan.site, flow))
                 ds = ds[:room]
-            step = self.cfg.sched.messages_per_job if msg.per_recipient else st.limits.max_recipients_per_transaction
-            for k in range(0, len(ds), step):
-                self.ready.stage(StagedJob(msg_id, domain, plan.site, flow, msg.per_recipient,
-                                           [(d.dkey, d.index, d.rec) for d in ds[k:k + step]]))
+            if not ds:
+                continue
+            taken[(plan.site, flow)] = taken.get((plan.site, flow), 0) + len(ds)
+            alone = domain if domain in own_policy or domain in self.suspensions["domain"] else None
+            acc = merged.get((msg_id, plan.site, alone))
+            if acc is None:
+                step = self.cfg.sched.messages_per_job if msg.per_recipient \
+                    else st.limits.max_recipients_per_transaction
+                acc = merged[(msg_id, plan.site, alone)] = _Merge(flow, msg.per_recipient, step)
+            acc.spans.append((domain, len(acc.items)))
+            acc.items.extend((d.dkey, d.index, d.rec) for d in ds)
+        for (msg_id, site, _), acc in merged.items():
+            for k in range(0, len(acc.items), acc.step):
+                domains = acc.domains_in(k, k + acc.step)
+                self.ready.stage(StagedJob(msg_id, domains[0], site, acc.flow, acc.per_recipient,
+                                           acc.items[k:k + acc.step], domains if len(domains) > 1 else ()))
         return fails
 
     def _note_rescan(self, dkey: bytes, *, dns: bool = False, flow: tuple[str, Any] | None = None) -> None:
@@ -690,7 +732,8 @@ class Manager:
 
     def _held(self, job: StagedJob) -> bool:
         s = self.suspensions
-        return job.domain in s["domain"] or job.campaign in s["campaign"] or job.tenant in s["tenant"]
+        return job.campaign in s["campaign"] or job.tenant in s["tenant"] \
+            or any(d in s["domain"] for d in job.all_domains)
 
     def _dispatch(self, free: dict[int, int], now: float) -> tuple[dict[int, list[dict[str, Any]]], list[Any], list[StagedJob]]:
         """Pop jobs from the ready queues as far as each site's window and rates allow."""
@@ -736,6 +779,8 @@ class Manager:
                     "dsn": [msg.ret, msg.envid],
                     "_attempts": {idx: rec.attempts for _, idx, rec in job.items},
                 }
+                if job.domains:
+                    item["domains"] = list(job.domains)  # the worker checks their MTA-STS policies agree
                 if st.source is not None:
                     item["source"] = st.source  # the worker connects from it (and its EHLO name)
                 jobs_by_shard.setdefault(shard, []).append(item)

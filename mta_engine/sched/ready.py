@@ -30,7 +30,14 @@ class StagedJob:
     flow: Flow
     per_recipient: bool
     items: list[Any] = field(default_factory=list)
-    """Due entries (``dkey``, ``index``, ``rec``) in due order."""
+    """Due entries (``dkey``, ``index``, ``rec``): a domain's in due order, domain after domain."""
+    domains: tuple[str, ...] = ()
+    """Every recipient domain of the job when it holds more than ``domain`` (domains that share
+    the site's MX hosts travel in one transaction, as Postfix does per next hop)."""
+
+    @property
+    def all_domains(self) -> tuple[str, ...]:
+        return self.domains or (self.domain,)
 
     @property
     def priority(self) -> int:
@@ -46,7 +53,8 @@ class StagedJob:
 
     def split(self, n: int) -> "StagedJob":
         """Keep the first ``n`` items; return a job with the rest."""
-        rest = StagedJob(self.msg_id, self.domain, self.site, self.flow, self.per_recipient, self.items[n:])
+        rest = StagedJob(self.msg_id, self.domain, self.site, self.flow, self.per_recipient, self.items[n:],
+                         self.domains)  # a superset of the rest's domains: harmless (held, policy checks)
         del self.items[n:]
         return rest
 

@@ -46,14 +46,19 @@ class World:
     records: dict[str, Path]  # receiver IP -> its JSON-lines record of accepted messages
 
     def arrived(self, ip: str) -> list[str]:
+        return [r for rcpts in self.transactions(ip) for r in rcpts]
+
+    def transactions(self, ip: str) -> list[list[str]]:
+        """The recipients of each message the receiver at ``ip`` accepted."""
         path = self.records[ip]
         if not path.exists():
             return []
-        return [r for line in path.read_text().splitlines() if line for r in json.loads(line)["rcpts"]]
+        return [json.loads(line)["rcpts"] for line in path.read_text().splitlines() if line]
 
-    def send(self, rcpt: str) -> None:
-        self.engine.inject({"envelope_sender": "a@sender.test", "recipients": [rcpt],
-                            "content": f"From: a@sender.test\nTo: {rcpt}\nSubject: sts\n\nhello\n"})
+    def send(self, *rcpts: str) -> None:
+        """One message to ``rcpts``."""
+        self.engine.inject({"envelope_sender": "a@sender.test", "recipients": list(rcpts),
+                            "content": f"From: a@sender.test\nTo: {rcpts[0]}\nSubject: sts\n\nhello\n"})
 
     def events(self, rcpt: str) -> list[dict[str, Any]]:
         return [e for e in self.engine.events() if e.get("recipient") == rcpt]
@@ -90,6 +95,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     domains = [*POLICIES, "plain.test"]
     mx = {d: [(10, f"mx.{d}")] for d in domains}
     mx["mixed.test"] = [(5, "rogue.mixed.test"), (10, "mx.mixed.test")]
+    mx["mate.test"] = [(10, "mx.plain.test")]  # no policy, the MX host (site) of plain.test
+    mx["enforcemate.test"] = [(10, "mx.enforce.test")]  # no policy, the MX host of enforce.test
     a = {**{n: GOOD_MX_IP for n in GOOD_MX}, **{n: BAD_MX_IP for n in BAD_MX},
          **{f"mta-sts.{d}": WEB_IP for d in POLICIES}}
     txt = {f"_mta-sts.{d}": [f"v=STSv1; id={d.split('.')[0]}2024"] for d in POLICIES}
@@ -204,3 +211,23 @@ def test_policy_is_fetched_once_for_many_messages(world: World) -> None:
         outcome = world.first_outcome(f"m{n}@cached.test")
         assert outcome["type"] == "Delivery" and outcome["tls_verified"] is True, outcome
     assert world.web.count("mta-sts.cached.test", PATH) == 1
+
+
+def test_domains_sharing_an_mx_without_policies_share_one_transaction(world: World) -> None:
+    """plain.test and mate.test have the same MX host and no policy: one message carries both
+    recipients, as Postfix does per next hop."""
+    world.send("one@plain.test", "two@mate.test")
+    for rcpt in ("one@plain.test", "two@mate.test"):
+        assert world.first_outcome(rcpt)["type"] == "Delivery"
+    assert ["one@plain.test", "two@mate.test"] in [sorted(t) for t in world.transactions(GOOD_MX_IP)]
+
+
+def test_a_domain_with_a_policy_is_not_sent_with_its_mx_mate(world: World) -> None:
+    """enforce.test has an MTA-STS policy and enforcemate.test, on the same MX host, none: each
+    recipient goes in its own transaction under its own domain's policy."""
+    world.send("three@enforce.test", "four@enforcemate.test")
+    enforced, mate = world.first_outcome("three@enforce.test"), world.first_outcome("four@enforcemate.test")
+    assert enforced["type"] == mate["type"] == "Delivery", (enforced, mate)
+    assert enforced["tls_mta_sts"] == "enforce" and "tls_mta_sts" not in mate, (enforced, mate)
+    sent = world.transactions(GOOD_MX_IP)
+    assert ["three@enforce.test"] in sent and ["four@enforcemate.test"] in sent
