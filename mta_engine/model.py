@@ -7,6 +7,7 @@ accepted (RFC 6531) and the domain must be a valid IDNA name.
 
 from __future__ import annotations
 
+import functools
 import re
 
 MAX_LOCAL_OCTETS = 64  # RFC 5321 §4.5.3.1.1
@@ -34,6 +35,13 @@ def address_problem(address: str) -> str | None:
         return f"local part longer than {MAX_LOCAL_OCTETS} octets (RFC 5321 §4.5.3.1.1)"
     if len(address.encode("utf-8")) + 2 > MAX_PATH_OCTETS:
         return f"address longer than {MAX_PATH_OCTETS - 2} octets (RFC 5321 §4.5.3.1.3)"
+    return _domain_problem(domain)
+
+
+@functools.lru_cache(maxsize=65536)
+def _domain_problem(domain: str) -> str | None:
+    """Why ``domain`` cannot be a destination, or None. Cached: a campaign's 100,000 recipients
+    name about a thousand domains (1.20 -> 0.64 us per ``address_problem`` on the W2 mix)."""
     try:
         ascii_domain = domain_to_ascii(domain)
     except ValueError as exc:

@@ -223,10 +223,18 @@ def parse_request(body: Any, *, now_s: float, boundary: str) -> Submission:
     dsn_params: list[tuple[str | None, str | None]] = []
     failed: list[str] = []
     reasons: list[str] = []
+    no_dsn = (None, None)
     for i, r in enumerate(rcpts):
+        if isinstance(r, str):  # a bare address (most bulk requests): nothing else to check
+            problem = address_problem(r)
+            if problem:
+                failed.append(r)
+                reasons.append(f"recipients[{i}]: {r!r}: {problem}")
+            else:
+                accepted.append((r, None, None))
+                dsn_params.append(no_dsn)
+            continue
         where = f"recipients[{i}]"
-        if isinstance(r, str):
-            r = {"email": r}
         if not isinstance(r, dict) or not set(r) <= RECIPIENT_KEYS:
             errors[where] = 'must be {"email": ..., "name": ..., "substitutions": {...}}'
             continue

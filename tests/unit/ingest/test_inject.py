@@ -34,7 +34,11 @@ def test_invalid_recipients_fail_alone() -> None:
                  "recipients": ["ok@y.test", "nope", "a@b@c.test", "x@-bad-.test", "ok2@y.test", "jörg@bücher.test"]})
     assert [r[0] for r in sub.recipients] == ["ok@y.test", "ok2@y.test", "jörg@bücher.test"]
     assert sub.failed == ["nope", "a@b@c.test", "x@-bad-.test"]
-    assert len(sub.errors) == 3
+    assert len(sub.errors) == 3 and sub.errors[0].startswith("recipients[1]: 'nope': ")
+    mixed = parse({"envelope_sender": "s@x.test", "content": "From: s@x.test\n\nx",
+                   "recipients": ["a@y.test", {"email": "nope"}, {"email": "b@y.test", "name": "B"}]})
+    assert mixed.recipients == [("a@y.test", None, None), ("b@y.test", "B", None)]
+    assert mixed.failed == ["nope"] and mixed.errors[0].startswith("recipients[1]: 'nope': ")
 
 
 def test_every_bad_field_is_reported_at_once() -> None:
