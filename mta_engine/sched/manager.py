@@ -392,6 +392,10 @@ class Manager:
             return bool(due)
         stats = TickStats()
         t3 = time.perf_counter()
+        # The jobs go out before the round's commit: the workers start while it runs (its leases
+        # are committed before any outcome of these jobs is applied, in the next round's commit,
+        # on the same spool thread). A crash in between loses nothing: the recipients are still due.
+        self._send_jobs(jobs_by_shard, now_ms)
         if self.acct is None:
             self._refresh_log_position()
         events = await loop.run_in_executor(self._executor, self._commit, results + returns, delivered, leases,
@@ -405,6 +409,14 @@ class Manager:
         log.debug("tick_done", **self.last_tick)
         self.commits += 1
         self.ticks += 1
+        if events and self.acct is not None:
+            self.acct.write(events)
+            self._outbox_written = last_seq(events)
+        self._count(stats)
+        return True
+
+    def _send_jobs(self, jobs_by_shard: dict[int, list[dict[str, Any]]], now_ms: int) -> None:
+        """Hand the round's jobs to their workers and remember them (what each must answer for)."""
         for shard, jobs in jobs_by_shard.items():
             attempts = [job.pop("_attempts") for job in jobs]
             link = self.workers.get(shard)
@@ -422,11 +434,6 @@ class Manager:
                 link.jobs[job["id"]] = (job["msg"], [r[0] for r in job["rcpts"]], job["site"])
                 self._job_meta[job["id"]] = (now_ms + self.writer.lease_ms, att, {r[0]: r[1] for r in job["rcpts"]})
                 link.inflight += len(job["rcpts"])
-        if events and self.acct is not None:
-            self.acct.write(events)
-            self._outbox_written = last_seq(events)
-        self._count(stats)
-        return True
 
     def _outbox_pending(self) -> bool:
         """Events committed by ingest (Reception) that the log has not seen yet (only when the
