@@ -38,6 +38,9 @@ REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results"
 FINAL = {"Delivery", "Bounce", "Expiration", "AdminBounce"}
 BATCH = {"W1": 2000, "W2": 5000}
+SIZES = {"W1": 100_000, "W2": 100_000}
+"""Recipients per repetition, as ``../shared/BENCH.md`` defines W1 and W2 (``--messages`` overrides)."""
+QUICK_SIZE = 5000
 """Recipients per inject request. Each request stores one message, and a W2 transaction carries the
 recipients of one message and one domain, so W2 uses the largest batch of the 1,000-5,000 range."""
 CONCURRENCY = 4
@@ -608,7 +611,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="5,000 recipients, 1 repetition")
     ap.add_argument("--workload", default="W1,W2,W3",
                     help="comma-separated: W1,W2,W3,W4,W5 (W4 backlog and W5 crash are opt-in)")
-    ap.add_argument("--messages", type=int, default=None, help="recipients per repetition (default 20,000)")
+    ap.add_argument("--messages", type=int, default=None,
+                    help="recipients per repetition (default: W1 and W2 100,000 as in BENCH.md; 5,000 with --quick)")
     ap.add_argument("--reps", type=int, default=None, help="repetitions (default 3; 1 with --quick)")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--no-peers", dest="peers", action="store_false",
@@ -618,7 +622,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     mode = "relaxed" if args.relaxed else "durable"
     engine_extra = {"spool": {"sync": False}} if args.relaxed else {}
-    n = args.messages or (5000 if args.quick else 20000)
+    sizes = {wl: args.messages or (QUICK_SIZE if args.quick else size) for wl, size in SIZES.items()}
     reps = args.reps or (1 if args.quick else 3)
     command = " ".join(["python -m bench.run", *(argv if argv is not None else sys.argv[1:])])
     from tqdm import tqdm
@@ -645,6 +649,7 @@ def main(argv: list[str] | None = None) -> int:
                 return rc
             continue
         unit = "msg/s" if wl == "W1" else "rcpt/s"
+        n = sizes[wl]
         results = []
         peer_results: dict[str, list[dict[str, Any]]] = {p: [] for p in PEERS} if args.peers else {}
         for rep in range(reps):
