@@ -405,7 +405,8 @@ class Manager:
         t4 = time.perf_counter()
         self.last_tick = {"scan_ms": round((t1 - t0) * 1000, 2), "resolve_ms": round((t2 - t1) * 1000, 2),
                           "route_ms": round((t3 - t2) * 1000, 2), "commit_ms": round((t4 - t3) * 1000, 2),
-                          "due": len(due), "results": len(results), "leased": len(leases)}
+                          "due": len(due), "results": len(results) + sum(len(g.members) for g in delivered),
+                          "leased": len(leases)}
         log.debug("tick_done", **self.last_tick)
         self.commits += 1
         self.ticks += 1
