@@ -580,25 +580,28 @@ Targets on this 2-core machine: W1 ≥ 1,500 msg/s, W2 ≥ 20,000 rcpt/s.
 
 Targets of the project (issue 6): W1 5,000 msg/s, W2 50,000 rcpt/s at 100,000, CPU <= 0.3 ms per W1 message.
 
-Where it stands (2026-11-28). This machine's speed drifts: the wire limit measured about 21,000 msg/s
-at 16:45 and 18,200 at 17:35. W1 met the targets at 16:45 (6,211 msg/s, 0.26-0.28 CPU ms; commit
-09cd500); the run in the table, on the slower machine, gave 4,869 and 0.31-0.34. The code of both
-runs, alternated in one session (`run_once("W1", 20000)` x3 each), is within 3%: 5,305 vs 5,178
-msg/s, 0.30 vs 0.31 ms. Compare the ratios to Postfix and the wire limit of the same run, not
-figures of different runs. The relaxed rows come from the 16:45 machine. W2 at 100,000 recipients
-(`bench.run.run_once("W2", 100000)` x3 in one world) gave 27,625 rcpt/s median, 0.057 CPU ms per
-recipient; the 20,000-recipient figure is lower because the cold DNS cache (1,023 MX and TXT
-lookups, 686 A) is a larger share of a 1-second run.
+Where it stands (2026-11-28, 19:30; W1 and W2 at 100,000 as BENCH.md defines them). W1 meets its
+goals: 7,915 msg/s median at 0.19-0.20 CPU ms per message (goal 5,000 and 0.3), 11.9x Postfix with
+its defaults and 0.37 of the wire limit. W2 does not: 35,347 rcpt/s (goal 50,000), 4.3x Postfix and
+0.36 of the wire limit. W4 meets its goals (first delivery 1.4 s after restart, 99 bytes per
+recipient, manager RSS 174 MB). Relaxed (no fsync): W1 7,878 msg/s, W2 37,778 rcpt/s, within 7% of
+durable: group commit amortises the fsyncs. This machine's speed drifts by 15-20% within a session, so compare
+the ratios of one run, and see bench/results/OPTIMIZATIONS.md for each change measured alternately
+against the code before it.
 
-What limits it now (py-spy, see the commit messages and bench/results/OPTIMIZATIONS.md):
-- W2: total CPU. 0.057 ms per recipient over all processes means at most ~35,000 rcpt/s on 2 cores
-  even with perfect overlap; after the DNS warm-up the run goes near 31,000. The manager (20-25 us per
-  recipient since the accounting log has its own process) spends it on its LMDB commit thread, worker
-  frames in and out and scheduling; the workers a third on socket writes. 50,000 rcpt/s needs about
-  30% less CPU per recipient in both (e.g. one outcome per shared-reply transaction instead of one per
-  recipient on the IPC and in the manager; a lean DNS client for cold caches).
-- W1: the site with 37% of the mix lives on one worker (its sessions share one pool), so that
-  worker's core is its ceiling; the manager places the other sites on the other worker.
+What limits W2 now (py-spy per process, and /proc/stat sampled every 100 ms during a run):
+- Both cores are busy (1.8-2.0) from the first request to the last delivery; the engine uses 0.042
+  CPU ms per recipient over all its processes (manager 1.5-1.7 s, workers 2.0-2.3 s, ingest 0.3 s,
+  accounting 0.13 s per 100,000), and the sinks, dnsmasq and the bench's own injector and log tail
+  use about 1 s more. 50,000 rcpt/s needs about 30% less CPU per recipient.
+- The first second does the most work per recipient: ingest parses and commits the 20 requests
+  while every process fills a cold DNS cache (1,023 MX and MTA-STS TXT lookups, 686 x A, AAAA and
+  DANE A through dnspython, about 10% of a W2 run). After the injection, deliveries run at
+  about 42,000 rcpt/s.
+- Per recipient in the manager: the due scan (record read and decode), the lease (three LMDB
+  writes) and the delivery (three deletes) on its spool thread, and the job frames to the workers;
+  in the workers, a third is the kernel's share of sending each 10 KB body over loopback, then the
+  RCPT commands and replies through the SMTP state machine. No single function is above 5%.
 Raw per-repetition figures, config and machine info are in the JSON files; plots of delivered per
 second (one line per repetition; engine and Postfix on one chart, wire limit as a dashed line) in the
 PNG files.
