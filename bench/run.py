@@ -219,7 +219,6 @@ def run_once(workload: str, n: int, *, seed: int = 1, progress: Callable[[int, i
         m0 = time.monotonic()
         injector = threading.Thread(target=inject_all, name="injector", daemon=True)
         injector.start()
-        peak_hwm: dict[int, dict[str, Any]] = {}
         spool_peak = 0
         last_spool_check = 0.0
         while tail.finals < n:

@@ -39,7 +39,7 @@ def test_outcomes_move_recipients_to_their_states(spool: Spool) -> None:
     w = QueueWriter(spool, retry=RetryPolicy(intervals_s=(60.0,), jitter=0.0), max_age_s=3600.0, lease_s=600.0)
     with spool.write() as txn:
         w.message(txn, msg)
-        leases = w.lease(txn, due_items(spool), T0)
+        w.lease(txn, due_items(spool), T0)
     assert [records.split_due_key(k)[0] for k, *_ in due_items(spool)] == [T0 + 600_000] * 3
     assert spool.stat()["inflight"] == 3
     stats, events = step(spool, w, [Result(msg, 0, 250, "2.0.0", "ok", "data", "site"),
