@@ -43,6 +43,9 @@ from .ipc import FrameProtocol
 from .readonly import open_spool_readonly
 
 log = structlog.get_logger("worker")
+_NO_MX_POLICY = (LMTP_SITE_PREFIX, RELAY_SITE_PREFIX)
+"""Sites reached without MX routing (an LMTP store, the smarthost): MTA-STS does not apply, so
+their jobs' domains never need policies compared (``deliver``, ``run_site``)."""
 
 FLUSH_S = 0.005
 FLUSH_ITEMS = 512
@@ -203,12 +206,14 @@ class Worker:
         session: SmtpSession | None = None
         endpoint: Endpoint | None = None
         last_domain = ""
+        mx_routed = not sq.site.startswith(_NO_MX_POLICY)
         try:
             while sq.jobs and not self.draining:
                 job = sq.jobs.popleft()
                 self.active += 1
                 try:
-                    session, endpoint = await self._for_domain(session, endpoint, last_domain, job["domain"])
+                    if mx_routed:
+                        session, endpoint = await self._for_domain(session, endpoint, last_domain, job["domain"])
                     last_domain = job["domain"]
                     session, endpoint = await self.deliver(job, session, endpoint)
                 except Exception as exc:  # a bug must cost a deferral, never a lost recipient
@@ -521,7 +526,8 @@ class Worker:
         """One job: one transaction with all recipients (shared body), or one transaction per
         recipient over the same session (rendered bodies). Reports one outcome per recipient."""
         domains = job.get("domains")
-        if domains and len(domains) > 1 and not await self._one_policy(domains):
+        if domains and len(domains) > 1 and not str(job.get("site", "")).startswith(_NO_MX_POLICY) \
+                and not await self._one_policy(domains):
             return await self._deliver_by_domain(job, session, endpoint)
         try:
             body = self.body(job["msg"])
