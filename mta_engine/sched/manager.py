@@ -3,14 +3,16 @@
 Contract: never faces the network except its DNS resolver (to learn each destination's site).
 It is the sole writer of recipient state after ingest (``sched.queue.QueueWriter``); all its LMDB
 work runs on one spool-writer thread, one synced transaction per tick (group commit), so the
-event loop keeps reading worker frames while the disk works. Jobs go out only after the
-transaction that leased them committed; accounting lines are written only after the transaction
-that produced them committed (exactly once, see ``obs.accounting``).
+event loop keeps reading worker frames while the disk works. Accounting lines are written only
+after the transaction that produced them committed (exactly once, see ``obs.accounting``).
 
 A tick: take the results that arrived -> scan the due index for up to the free worker capacity ->
-resolve each destination's MX set (its *site*) -> one transaction: apply results, fail what DNS
-or max age rules out, lease the rest -> send jobs (sticky least-loaded shard per site) -> write the log.
-A worker that disconnects has its leases returned to the queue at once (no attempt counted).
+resolve each destination's MX set (its *site*) -> send jobs (sticky least-loaded shard per site)
+-> one transaction: apply results, fail what DNS or max age rules out -> write the log.
+A lease is held in memory: a recipient in flight keeps its due entry, which the scan skips
+(``_leased``) until its outcome is committed; nothing is written when a job goes out, and after a
+crash the recipient is simply due. A worker that disconnects, or leaves a job unanswered for
+``[queue] lease_s``, has its jobs returned to the queue at once (no attempt counted).
 """
 
 from __future__ import annotations
@@ -60,6 +62,8 @@ CURSOR_BACK_MS = 2000
 moment ago (their due time is their commit time) sort just before the present."""
 LOG_POSITION_S = 0.5
 """How often the manager reads the accounting log's position (for trimming the outbox)."""
+_NEVER_MS = 1 << 62
+"""A lease expiry that never comes (a job whose lease already ran out)."""
 RESOLVE_WAIT_S = 0.05
 """How long a scheduling round waits for MX lookups before dispatching what is resolved."""
 SINGLE_LANE_PREFIXES = (LMTP_SITE_PREFIX,)
@@ -146,12 +150,14 @@ class Manager:
         self.ready = ReadyQueues(flow_max=sc.flow_stage_max, total_max=sc.staged_max)
         self.suspensions: dict[str, set[str]] = {"site": set(), "domain": set(), "campaign": set(), "tenant": set()}
         self._cursor: bytes | None = None
-        self._job_meta: dict[int, tuple[int, dict[int, int], dict[int, str]]] = {}
-        """job id -> (lease expiry ms, attempts and address per recipient index), for fast apply."""
+        self._job_meta: dict[int, tuple[int, dict[int, int], dict[int, str], dict[int, bytes]]] = {}
+        """job id -> (lease expiry ms, attempts, address and due entry per recipient index)."""
         self._dns_wait: dict[str, list[Due]] = {}
         """Due recipients whose destination's MX lookup is still running."""
         self._mx_tasks: dict[str, asyncio.Future[Any]] = {}
         self._waiting: set[bytes] = set()
+        self._leased: set[bytes] = set()
+        """Recipient keys handed to workers (or returned) whose outcome is not committed yet."""
         self._rescan_from: bytes | None = None
         """The earliest due entry a scan passed without staging (lookup pending, flow full)."""
         self._rescan_dns = False
@@ -266,12 +272,13 @@ class Manager:
         n = 0
         now = self.clock()
         for job_id, (msg_id, idxs, site) in link.jobs.items():
-            self._job_meta.pop(job_id, None)
+            meta = self._job_meta.pop(job_id, None)
+            dkeys = meta[3] if meta is not None else {}
             lane = self._job_lane.pop(job_id, None)
             if lane is not None:
                 lane.on_result(now, "returned")
             for i in idxs:
-                self._returns.append(Result(msg_id, i, 0, site=site))
+                self._returns.append(Result(msg_id, i, 0, site=site, dkey=dkeys.get(i)))
                 n += 1
         link.jobs.clear()
         link.inflight = 0
@@ -281,7 +288,7 @@ class Manager:
         if link is None or item["id"] not in link.jobs:
             return
         msg_id, idxs, site = link.jobs[item["id"]]
-        meta = self._job_meta.get(item["id"], (None, {}, {}))
+        meta = self._job_meta.get(item["id"], (0, {}, {}, {}))
         if item.get("partial"):
             # outcomes of the transactions finished so far in a longer job: applied at once, so a
             # crash later in the job cannot make these recipients go out twice
@@ -296,29 +303,29 @@ class Manager:
         seen = self._collect(msg_id, site, item, meta)
         for idx in idxs:  # a worker must answer for every recipient; if not, count nothing and retry
             if idx not in seen:
-                self._results.append(Result(msg_id, idx, 0, site=site))
+                self._results.append(Result(msg_id, idx, 0, site=site, dkey=meta[3].get(idx)))
 
     def _collect(self, msg_id: int, site: str, item: dict[str, Any],
-                 meta: tuple[int | None, dict[int, int], dict[int, str]]) -> set[int]:
+                 meta: tuple[int, dict[int, int], dict[int, str], dict[int, bytes]]) -> set[int]:
         """Queue a job report's outcomes for the next commit; returns the indexes it answered.
         Consecutive deliveries with the same reply become one ``Delivered`` group."""
-        lease_ms, attempts, addresses = meta
+        _, attempts, addresses, dkeys = meta
         tls, mx, ip = item.get("tls"), item.get("mx"), item.get("ip")
         seen = set()
         group: Delivered | None = None
         for idx, code, enhanced, text, phase, unknown in item["results"]:
             seen.add(idx)
-            address = addresses.get(idx)
-            if lease_ms is not None and address is not None and 200 <= code < 300 and not unknown:
+            address, dkey = addresses.get(idx), dkeys.get(idx)
+            if dkey is not None and address is not None and 200 <= code < 300 and not unknown:
                 if group is None or group.code != code or group.text != text or group.enhanced != enhanced \
                         or group.phase != phase:
-                    group = Delivered(msg_id, lease_ms, [], code, enhanced, text, phase, site, mx, ip, tls)
+                    group = Delivered(msg_id, [], code, enhanced, text, phase, site, mx, ip, tls)
                     self._delivered.append(group)
-                group.members.append((idx, address, attempts.get(idx, 0)))
+                group.members.append((idx, address, attempts.get(idx, 0), dkey))
                 continue
             group = None
             self._results.append(Result(msg_id, idx, code, enhanced, text, phase, site, mx, ip, bool(unknown),
-                                        tls=tls, address=address, attempts=attempts.get(idx, 0), lease_ms=lease_ms))
+                                        tls=tls, address=address, attempts=attempts.get(idx, 0), dkey=dkey))
         return seen
 
     # -- the loop -------------------------------------------------------------------------------
@@ -375,6 +382,7 @@ class Manager:
         if now >= self._sweep_at:
             self._sweep_at = now + SWEEP_S
             fails.extend(self._sweep_expired(now))
+            self._expire_leases(now_ms)
             self._reconcile_in_flight()
         t1 = time.perf_counter()
         plans = await self._resolve({d.rec.domain for d in due} | set(self._dns_wait))
@@ -384,28 +392,28 @@ class Manager:
             due.extend(held)
         t2 = time.perf_counter()
         fails.extend(self._stage(due, plans, now))
-        jobs_by_shard, leases, sent = self._dispatch(free, now) if free else ({}, [], [])
-        site_events = self._log_site_changes(now)
-        if not (results or delivered or returns or leases or fails or site_events or self._suspensions_dirty
-                or self._outbox_pending()):
-            return bool(due)
-        stats = TickStats()
-        t3 = time.perf_counter()
-        # The jobs go out before the round's commit: the workers start while it runs (its leases
-        # are committed before any outcome of these jobs is applied, in the next round's commit,
-        # on the same spool thread). A crash in between loses nothing: the recipients are still due.
+        jobs_by_shard, sent = self._dispatch(free, now) if free else ({}, [])
+        # Nothing is written for a job that goes out: its recipients keep their due entries and are
+        # in ``_leased`` (the scan skips them) until the commit that applies their outcomes.
         self._send_jobs(jobs_by_shard, now_ms)
-        if self.acct is None:
-            self._refresh_log_position()
-        events = await loop.run_in_executor(self._executor, self._commit, results + returns, delivered, leases,
-                                            fails, now_ms, stats, site_events)
         for job in sent:
             self.ready.release(job)
+        site_events = self._log_site_changes(now)
+        if not (results or delivered or returns or fails or site_events or self._suspensions_dirty
+                or self._outbox_pending()):
+            return bool(due or sent)
+        stats = TickStats()
+        t3 = time.perf_counter()
+        if self.acct is None:
+            self._refresh_log_position()
+        events = await loop.run_in_executor(self._executor, self._commit, results + returns, delivered, fails,
+                                            now_ms, stats, site_events)
+        self._unlease(results, returns, delivered)
         t4 = time.perf_counter()
         self.last_tick = {"scan_ms": round((t1 - t0) * 1000, 2), "resolve_ms": round((t2 - t1) * 1000, 2),
                           "route_ms": round((t3 - t2) * 1000, 2), "commit_ms": round((t4 - t3) * 1000, 2),
                           "due": len(due), "results": len(results) + sum(len(g.members) for g in delivered),
-                          "leased": len(leases)}
+                          "leased": sum(len(job.items) for job in sent)}
         log.debug("tick_done", **self.last_tick)
         self.commits += 1
         self.ticks += 1
@@ -417,23 +425,56 @@ class Manager:
 
     def _send_jobs(self, jobs_by_shard: dict[int, list[dict[str, Any]]], now_ms: int) -> None:
         """Hand the round's jobs to their workers and remember them (what each must answer for)."""
+        expiry_ms = now_ms + self.writer.lease_ms
+        leased = self._leased
         for shard, jobs in jobs_by_shard.items():
             attempts = [job.pop("_attempts") for job in jobs]
+            dkeys = [job.pop("_dkeys") for job in jobs]
             link = self.workers.get(shard)
             if link is None or not link.proto.send({"t": "jobs", "items": jobs}):
-                # the worker went away between scan and send: its leases come back now, and the
-                # site slots they took are given back
-                for job in jobs:
+                # the worker went away between scan and send: its recipients come back now (still
+                # skipped by the scan until the return is committed), and the site slots they
+                # took are given back
+                for job, dk in zip(jobs, dkeys):
                     lane = self._job_lane.pop(job["id"], None)
                     if lane is not None:
                         lane.on_result(self.clock(), "returned")
                     for r in job["rcpts"]:
-                        self._returns.append(Result(job["msg"], r[0], 0, site=job["site"]))
+                        self._returns.append(Result(job["msg"], r[0], 0, site=job["site"], dkey=dk[r[0]]))
+                    leased.update(k[8:] for k in dk.values())
                 continue
-            for job, att in zip(jobs, attempts):
+            for job, att, dk in zip(jobs, attempts, dkeys):
                 link.jobs[job["id"]] = (job["msg"], [r[0] for r in job["rcpts"]], job["site"])
-                self._job_meta[job["id"]] = (now_ms + self.writer.lease_ms, att, {r[0]: r[1] for r in job["rcpts"]})
+                self._job_meta[job["id"]] = (expiry_ms, att, {r[0]: r[1] for r in job["rcpts"]}, dk)
                 link.inflight += len(job["rcpts"])
+                leased.update(k[8:] for k in dk.values())
+
+    def _unlease(self, results: list[Result], returns: list[Result], delivered: list[Delivered]) -> None:
+        """After the commit that applied them: these recipients are no longer in flight."""
+        leased = self._leased
+        for r in (*results, *returns):
+            leased.discard(r.dkey[8:] if r.dkey is not None else records.rcpt_key(r.msg_id, r.index))
+        for g in delivered:
+            for m in g.members:
+                leased.discard(m[3][8:])
+
+    def _expire_leases(self, now_ms: int) -> None:
+        """A job its worker has not answered within ``[queue] lease_s``: its recipients are due
+        again now (no attempt counted). The job keeps its site slot (its session may still be
+        open), and a late report of it is still applied (a recipient already final is skipped)."""
+        for link in self.workers.values():
+            late = 0
+            for jid, (msg_id, idxs, site) in link.jobs.items():
+                meta = self._job_meta.get(jid)
+                if meta is None or meta[0] > now_ms or not idxs:
+                    continue
+                late += 1
+                self._job_meta[jid] = (_NEVER_MS, meta[1], meta[2], meta[3])
+                link.inflight -= len(idxs)
+                self._returns.extend(Result(msg_id, i, 0, site=site, dkey=meta[3].get(i)) for i in idxs)
+                idxs.clear()
+            if late:
+                log.warning("leases_expired", shard=link.shard, pid=link.pid, jobs=late)
 
     def _outbox_pending(self) -> bool:
         """Events committed by ingest (Reception) that the log has not seen yet (only when the
@@ -464,9 +505,10 @@ class Manager:
         bad: list[bytes] = []
         dbs = self.spool.dbs
         waiting = self._waiting
+        leased = self._leased
 
         def staged(rkey: bytes) -> bool:
-            return rkey in waiting or self.ready.is_staged(rkey)
+            return rkey in waiting or rkey in leased or self.ready.is_staged(rkey)
 
         with self.spool.read() as txn, txn.cursor(db=dbs["due"]) as cur:
             start = self._cursor
@@ -512,7 +554,7 @@ class Manager:
                 log.warning("due_entries_dropped", count=len(bad), reason="recipient missing or corrupt")
         return out
 
-    def _commit(self, results: list[Result], delivered: list[Delivered], leases: list[tuple[bytes, int, int]],
+    def _commit(self, results: list[Result], delivered: list[Delivered],
                 fails: list[tuple[list[tuple[bytes, int, int]], dict[str, Any]]], now_ms: int,
                 stats: TickStats, site_events: list[dict[str, Any]]) -> list[dict[str, Any]]:
         events: list[dict[str, Any]] = list(site_events)
@@ -526,8 +568,6 @@ class Manager:
                 self.writer.apply(txn, results, now_ms, stats, events)
             for items, why in fails:
                 self.writer.expire_due(txn, items, now_ms, stats, events, **why)
-            if leases:
-                self.writer.lease(txn, leases, now_ms)
             if self._suspensions_dirty:
                 self._suspensions_dirty = False
                 txn.put(SUSPENSIONS_KEY, msgpack.packb({k: sorted(v) for k, v in self.suspensions.items()}),
@@ -742,10 +782,9 @@ class Manager:
         return job.campaign in s["campaign"] or job.tenant in s["tenant"] \
             or any(d in s["domain"] for d in job.all_domains)
 
-    def _dispatch(self, free: dict[int, int], now: float) -> tuple[dict[int, list[dict[str, Any]]], list[Any], list[StagedJob]]:
+    def _dispatch(self, free: dict[int, int], now: float) -> tuple[dict[int, list[dict[str, Any]]], list[StagedJob]]:
         """Pop jobs from the ready queues as far as each site's window and rates allow."""
         jobs_by_shard: dict[int, list[dict[str, Any]]] = {}
-        leases: list[tuple[bytes, int, int]] = []
         sent: list[StagedJob] = []
         for site in self.ready.sites():
             grp = self.sites[site]
@@ -785,19 +824,19 @@ class Manager:
                               for _, idx, rec in job.items],
                     "dsn": [msg.ret, msg.envid],
                     "_attempts": {idx: rec.attempts for _, idx, rec in job.items},
+                    "_dkeys": {idx: dkey for dkey, idx, _ in job.items},
                 }
                 if job.domains:
                     item["domains"] = list(job.domains)  # the worker checks their MTA-STS policies agree
                 if st.source is not None:
                     item["source"] = st.source  # the worker connects from it (and its EHLO name)
                 jobs_by_shard.setdefault(shard, []).append(item)
-                leases.extend((dkey, job.msg_id, idx) for dkey, idx, _ in job.items)
                 sent.append(job)
             if self.shared is not None:
                 self._ask_shared(grp, now)  # what this round spent
         if self.shared is not None:
             self.shared.flush()
-        return jobs_by_shard, leases, sent
+        return jobs_by_shard, sent
 
     def _ask_shared(self, grp: SiteLanes, now: float) -> None:
         """Top up the fleet-wide leases of a site with ready work (lanes with window room only:
@@ -947,12 +986,13 @@ class Manager:
         for link in self.workers.values():
             for _, idxs, site in link.jobs.values():
                 inflight_by_site[site] = inflight_by_site.get(site, 0) + len(idxs)
+        in_flight = sum(inflight_by_site.values())
         return {
             "pid": os.getpid(),
             "uptime_s": round(self.clock() - self.started_at, 1),
             "draining": self.draining,
-            "queue": {"messages": stat["msg"], "recipients": stat["rcpt"], "in_flight": stat["inflight"],
-                      "queued": stat["rcpt"] - stat["inflight"], "outbox": stat["outbox"], "corrupt": stat["corrupt"]},
+            "queue": {"messages": stat["msg"], "recipients": stat["rcpt"], "in_flight": in_flight,
+                      "queued": stat["rcpt"] - in_flight, "outbox": stat["outbox"], "corrupt": stat["corrupt"]},
             "since_start": {"delivered": t.delivered, "bounced": t.bounced, "deferred": t.deferred,
                             "expired": t.expired, "returned": t.returned, "unknown": t.unknown},
             "sites_top10": [{"site": s, "delivered": c[0], "deferred": c[1], "bounced": c[2],

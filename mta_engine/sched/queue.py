@@ -2,10 +2,12 @@
 
 Contract: called only by the manager, on its spool-writer thread, inside one write transaction
 per tick. Takes ``now_ms`` as an argument. Each function changes the recipient record, the due
-index, the in-flight table and the message's remaining count together, and appends the matching
+index and the message's remaining count together, and appends the matching
 accounting event to the outbox in the same transaction, so a state change and its log line are
 never separated. A final outcome (Delivery, Bounce, Expiration) is appended exactly once: the
-recipient record is removed in the same transaction.
+recipient record is removed in the same transaction. A recipient in flight keeps its due entry
+(the manager remembers it and skips it while a worker has it), so nothing is written when a
+worker takes a job, and a restart finds it due.
 """
 
 from __future__ import annotations
@@ -58,8 +60,9 @@ class Result:
     """TLS of the session: version, cipher, verified, peer_cn (None = plaintext)."""
     address: str | None = None
     attempts: int = 0
-    lease_ms: int | None = None
-    """From the manager's lease bookkeeping: lets a delivery be applied without reading the record."""
+    dkey: bytes | None = None
+    """The recipient's due entry while it is in flight, from the manager's bookkeeping: deleted
+    when the outcome is applied, and it lets a delivery be applied without reading the record."""
 
 
 @dataclass(slots=True)
@@ -69,9 +72,8 @@ class Delivered:
     one grouped event (``records.GROUP_MEMBERS``). Every other outcome is a ``Result``."""
 
     msg_id: int
-    lease_ms: int
-    members: list[tuple[int, str, int]]
-    """(recipient index, address, attempts before this one)"""
+    members: list[tuple[int, str, int, bytes]]
+    """(recipient index, address, attempts before this one, its due entry)"""
     code: int
     enhanced: str | None
     text: str
@@ -93,13 +95,6 @@ class DsnPolicy:
 
 
 @dataclass(slots=True)
-class Lease:
-    msg_id: int
-    index: int
-    due_ms: int
-
-
-@dataclass(slots=True)
 class TickStats:
     delivered: int = 0
     bounced: int = 0
@@ -113,7 +108,7 @@ class TickStats:
 
 
 class QueueWriter:
-    """Applies leases and results to the spool. One instance, owned by the manager."""
+    """Applies outcomes to the spool. One instance, owned by the manager."""
 
     def __init__(self, spool: Spool, *, retry: RetryPolicy, max_age_s: float, lease_s: float,
                  rng: random.Random | None = None, classifier: Classifier | None = None,
@@ -156,34 +151,20 @@ class QueueWriter:
         self._msgs.pop(msg_id, None)
 
     # -- the tick's transaction -------------------------------------------------------------
-    def lease(self, txn: lmdb.Transaction, items: list[tuple[bytes, int, int]], now_ms: int) -> list[Lease]:
-        """Lease due recipients (due key, msg id, index) to a worker until now + lease."""
-        due_db, infl_db = self._db["due"], self._db["inflight"]
-        lease_ms = now_ms + self.lease_ms
-        out = []
-        for dkey, msg_id, index in items:
-            txn.delete(dkey, db=due_db)
-            txn.put(records.due_key(lease_ms, msg_id, index), b"", db=due_db)
-            txn.put(records.rcpt_key(msg_id, index), records.u64(lease_ms), db=infl_db)
-            out.append(Lease(msg_id, index, lease_ms))
-        return out
-
     def apply_delivered(self, txn: lmdb.Transaction, groups: list[Delivered], now_ms: int, stats: TickStats,
                         events: list[dict[str, Any]]) -> None:
-        """Apply deliveries of leased recipients: delete each record, its lease and its due entry;
+        """Apply deliveries of recipients in flight: delete each record and its due entry;
         one event per group (a plain one for a single recipient). A recipient already gone
         (a duplicate report, or cancelled meanwhile) is not counted or logged again."""
-        rcpt_db, due_db, infl_db = self._db["rcpt"], self._db["due"], self._db["inflight"]
-        rcpt_key, due_key = records.rcpt_key, records.due_key
+        rcpt_db, due_db = self._db["rcpt"], self._db["due"]
+        rcpt_key = records.rcpt_key
         touched: dict[int, int] = {}
         for g in groups:
-            msg_id, lease_ms = g.msg_id, g.lease_ms
+            msg_id = g.msg_id
             each = []
-            for index, address, attempts in g.members:
-                rkey = rcpt_key(msg_id, index)
-                gone = not txn.delete(rkey, db=rcpt_db)
-                txn.delete(rkey, db=infl_db)
-                txn.delete(due_key(lease_ms, msg_id, index), db=due_db)
+            for index, address, attempts, dkey in g.members:
+                gone = not txn.delete(rcpt_key(msg_id, index), db=rcpt_db)
+                txn.delete(dkey, db=due_db)
                 if not gone:
                     each.append([index, address, attempts + 1])
             msg = self.message(txn, msg_id)
@@ -203,14 +184,15 @@ class QueueWriter:
             events.append(ev)
         self._finish_messages(txn, touched)
 
-    def _unlease(self, txn: lmdb.Transaction, msg_id: int, index: int) -> None:
-        rkey = records.rcpt_key(msg_id, index)
-        raw = txn.pop(rkey, db=self._db["inflight"])
-        if raw is not None:
-            txn.delete(records.due_key(records.from_u64(raw), msg_id, index), db=self._db["due"])
+    def _drop_due(self, txn: lmdb.Transaction, r: Result) -> None:
+        """Delete the due entry of a recipient whose outcome is being applied (when known)."""
+        if r.dkey is not None:
+            txn.delete(r.dkey, db=self._db["due"])
 
     def requeue_inflight(self, txn: lmdb.Transaction, now_ms: int) -> int:
-        """Manager start: every recipient the previous manager had in flight is due now."""
+        """Manager start: every recipient leased in the ``inflight`` table is due now. Only a spool
+        written before leases moved to the manager's memory has such entries; since then a recipient
+        in flight keeps its due entry, so it is due at once after a restart anyway."""
         n = 0
         with txn.cursor(db=self._db["inflight"]) as cur:
             items = list(cur.iternext())
@@ -227,14 +209,12 @@ class QueueWriter:
         """Apply worker results: delivered, bounced, deferred/expired, or returned unattempted."""
         rcpt_db, due_db = self._db["rcpt"], self._db["due"]
         touched: dict[int, int] = {}
-        infl_db = self._db["inflight"]
         for r in results:
             rkey = records.rcpt_key(r.msg_id, r.index)
-            if r.lease_ms is not None and r.address is not None and 200 <= r.code < 300:
-                # Fast path (most outcomes): a delivery of a leased recipient needs no record read.
+            if r.dkey is not None and r.address is not None and 200 <= r.code < 300:
+                # Fast path: a delivery of a recipient in flight needs no record read.
                 gone = not txn.delete(rkey, db=rcpt_db)
-                txn.delete(rkey, db=infl_db)
-                txn.delete(records.due_key(r.lease_ms, r.msg_id, r.index), db=due_db)
+                txn.delete(r.dkey, db=due_db)
                 msg = self.message(txn, r.msg_id)
                 if gone or msg is None:
                     continue  # already final (duplicate report) or its message is gone
@@ -246,17 +226,17 @@ class QueueWriter:
                 continue
             raw = txn.get(rkey, db=rcpt_db)
             if raw is None:  # already final (duplicate report) or cancelled meanwhile
-                self._unlease(txn, r.msg_id, r.index)
+                self._drop_due(txn, r)
                 continue
             try:
                 rec = Recipient.decode(raw)
             except SpoolCorrupt:
-                self._unlease(txn, r.msg_id, r.index)
+                self._drop_due(txn, r)
                 self.spool.move_aside(txn, "rcpt", rkey)
                 stats.corrupt += 1
                 continue
             msg = self.message(txn, r.msg_id)
-            self._unlease(txn, r.msg_id, r.index)
+            self._drop_due(txn, r)
             if msg is None:  # its message record is corrupt: keep the recipient aside, not lost
                 self.spool.move_aside(txn, "rcpt", rkey)
                 stats.corrupt += 1

@@ -25,30 +25,30 @@ def inject(spool: Spool, n: int, now_ms: int = T0) -> int:
     return fakes.inject(spool, n, now_ms)
 
 
-def leased(spool: Spool, w: QueueWriter, msg: int) -> int:
+def leased(spool: Spool, w: QueueWriter, msg: int) -> dict[int, bytes]:
+    """The recipients' due entries (what the manager remembers while they are in flight)."""
     with spool.write() as txn, txn.cursor(db=spool.dbs["due"]) as cur:
-        items = [(k, *records.split_due_key(k)[1:]) for k in cur.iternext(values=False)]
+        keys = {records.split_due_key(k)[2]: k for k in cur.iternext(values=False)}
         w.message(txn, msg)
-        w.lease(txn, items, T0)
-    return T0 + w.lease_ms
+    return keys
 
 
 def writer(spool: Spool) -> QueueWriter:
     return QueueWriter(spool, retry=RetryPolicy(intervals_s=(60.0,), jitter=0.0), max_age_s=3600.0, lease_s=600.0)
 
 
-def group(msg: int, lease_ms: int, idxs: list[int], attempts: int = 0) -> Delivered:
-    return Delivered(msg, lease_ms, [(i, f"r{i}@y.test", attempts) for i in idxs], 250, "2.0.0", "ok", "payload",
+def group(msg: int, dkeys: dict[int, bytes], idxs: list[int], attempts: int = 0) -> Delivered:
+    return Delivered(msg, [(i, f"r{i}@y.test", attempts, dkeys[i]) for i in idxs], 250, "2.0.0", "ok", "payload",
                      "site", "mx.y.test", "127.0.0.1", {"version": "TLSv1.3", "cipher": "X", "verified": False})
 
 
 def test_a_group_is_one_outbox_event_and_reads_back_as_the_full_path_events(spool: Spool) -> None:
     msg = inject(spool, 4)
     w = writer(spool)
-    lease_ms = leased(spool, w, msg)
+    dkeys = leased(spool, w, msg)
     stats, events = TickStats(), []
     with spool.write() as txn:
-        w.apply_delivered(txn, [group(msg, lease_ms, [0, 1, 2])], T0 + 5, stats, events)
+        w.apply_delivered(txn, [group(msg, dkeys, [0, 1, 2])], T0 + 5, stats, events)
         spool.events_append(txn, events)
     assert len(events) == 1 and len(events[0][records.GROUP_MEMBERS]) == 3
     assert stats.delivered == 3 and stats.sites == {"site": [3, 0, 0]}
@@ -60,33 +60,34 @@ def test_a_group_is_one_outbox_event_and_reads_back_as_the_full_path_events(spoo
     other = Spool(spool.path.parent / "other", map_size_mb=64)
     msg2 = inject(other, 4)
     w2 = writer(other)
-    leased(other, w2, msg2)
+    dkeys2 = leased(other, w2, msg2)
     full: list[dict] = []
     with other.write() as txn:
         w2.apply(txn, [Result(msg2, i, 250, "2.0.0", "ok", "payload", "site", "mx.y.test", "127.0.0.1",
-                              tls={"version": "TLSv1.3", "cipher": "X", "verified": False}) for i in range(3)],
+                              tls={"version": "TLSv1.3", "cipher": "X", "verified": False}, dkey=dkeys2[i])
+                       for i in range(3)],
                  T0 + 5, TickStats(), full)
         other.events_append(txn, full)
     other.close()
     assert msg2 == msg
     assert [list(e.items()) for e in expanded] == [list(e.items()) for e in full]
     st = spool.stat()
-    assert (st["rcpt"], st["due"], st["inflight"], st["msg"]) == (1, 1, 1, 1)  # r3 still leased
+    assert (st["rcpt"], st["due"], st["inflight"], st["msg"]) == (1, 1, 0, 1)  # r3 still in flight
 
 
 def test_a_single_delivery_is_a_plain_event_and_duplicates_log_nothing(spool: Spool) -> None:
     msg = inject(spool, 2)
     w = writer(spool)
-    lease_ms = leased(spool, w, msg)
+    dkeys = leased(spool, w, msg)
     events: list[dict] = []
     with spool.write() as txn:
-        w.apply_delivered(txn, [group(msg, lease_ms, [0], attempts=2)], T0 + 5, TickStats(), events)
+        w.apply_delivered(txn, [group(msg, dkeys, [0], attempts=2)], T0 + 5, TickStats(), events)
     assert records.GROUP_MEMBERS not in events[0]
     assert (events[0]["queue_id"], events[0]["recipient"], events[0]["attempt"]) == (f"{msg:016x}.0", "r0@y.test", 3)
     again: list[dict] = []
     stats = TickStats()
     with spool.write() as txn:
-        w.apply_delivered(txn, [group(msg, lease_ms, [0, 1])], T0 + 6, stats, again)
+        w.apply_delivered(txn, [group(msg, dkeys, [0, 1])], T0 + 6, stats, again)
     assert stats.delivered == 1 and again[0]["recipient"] == "r1@y.test"  # r0 was final already
     st = spool.stat()
     assert st["rcpt"] == st["msg"] == st["body"] == st["due"] == st["inflight"] == 0
