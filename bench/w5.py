@@ -40,6 +40,7 @@ from typing import Any
 import orjson
 
 from tests.support.engine import Engine
+from tests.support.procs import wait_for
 from tests.support.sinks import SmtpSink
 
 from .run import RESULTS, LogTail, _rate_series, _role, descendants, git_commit, machine
@@ -82,6 +83,14 @@ def sink_recipients(sinks: list[SmtpSink]) -> collections.Counter:
                 elif line.startswith(b"Received: "):
                     break
     return seen
+
+
+def _status_or_none(eng: Engine) -> dict[str, Any] | None:
+    """The engine's status, or None while its manager is down (killed, restarting)."""
+    try:
+        return eng.status()
+    except OSError:
+        return None
 
 
 def run(n: int, every_s: float, seed: int) -> dict[str, Any]:
@@ -153,7 +162,6 @@ def run(n: int, every_s: float, seed: int) -> dict[str, Any]:
         chaos_t = threading.Thread(target=chaos, daemon=True)
         injector.start()
         chaos_t.start()
-        final_recipients: collections.Counter = collections.Counter()
         while True:
             time.sleep(0.2)
             tail.poll()
@@ -170,7 +178,8 @@ def run(n: int, every_s: float, seed: int) -> dict[str, Any]:
         # let the engine settle (a manager just restarted may still be re-sending), then stop and count
         time.sleep(3)
         tail.poll()
-        st = eng.status()
+        st = wait_for(lambda: _status_or_none(eng), 60, interval_s=0.2,  # the last kill may have hit the
+                      what="the restarted manager's control socket")  # manager: it restarts with backoff
         out["status_since_start_last_manager"] = st.get("since_start")
         out["queue_at_end"] = st.get("queue")
     finally:
