@@ -569,7 +569,8 @@ class Worker:
             session, endpoint = await self._for_domain(session, endpoint, last, domain)
             last = domain
             session, endpoint = await self.deliver(part, session, endpoint)
-        return session, endpoint
+        self._park(session, endpoint)  # opened for the last part's domain, not the job's: pooled by mode
+        return None, None
 
     async def _for_domain(self, session: SmtpSession | None, endpoint: Endpoint | None, last: str,
                           domain: str) -> tuple[SmtpSession | None, Endpoint | None]:
