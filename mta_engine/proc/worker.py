@@ -6,8 +6,8 @@ to read bodies. Renders template bodies per recipient at delivery time (merge at
 Keeps, per site, up to ``max_connections_per_site`` runners; each runner holds one session and
 reuses it for the site's next job (RSET between transactions); a job of rendered bodies goes through
 ``SmtpSession.run_transactions``, pipelined across transactions; idle sessions wait in a pool keyed
-by endpoint until ``idle_timeout_s``. If the manager goes away the worker exits (the manager
-re-queues whatever it had leased to us).
+by endpoint until ``idle_timeout_s``. If the manager goes away the worker exits (the next manager
+finds whatever it had handed us still due).
 """
 
 from __future__ import annotations

@@ -67,7 +67,7 @@ class Result:
 
 @dataclass(slots=True)
 class Delivered:
-    """Leased recipients of one message that one 2xx reply delivered (one transaction, or
+    """Recipients in flight of one message that one 2xx reply delivered (one transaction, or
     consecutive ones with the same reply): applied without reading their records and logged as
     one grouped event (``records.GROUP_MEMBERS``). Every other outcome is a ``Result``."""
 

@@ -12,8 +12,8 @@ Named databases:
     body     message id -> content spec (raw message or builder fields, template flag)
     rcpt     recipient key -> Recipient record (removed when the recipient reaches a final state)
     due      due key (due ms + recipient key) -> b"" : the scheduler's work list, ordered by time
-    inflight recipient key -> u64 lease expiry ms: recipients leased to a worker (small; scanned at
-             manager start to re-queue what the previous manager had in flight)
+    inflight recipient key -> u64 lease expiry ms: leases written by versions before leases moved to
+             the manager's memory; emptied at manager start (their recipients made due now)
     outbox   last event sequence of a batch -> the batch of accounting events (one record per
              transaction), written in the same transaction as the change it reports
     corrupt  undecodable records moved aside, keyed by "<db>:<hex key>"
