@@ -24,10 +24,8 @@ import aiohttp
 import structlog
 
 from ..config import Config
-from ..errors import SpoolCorrupt
 from ..obs.webhooks import (Courier, WebhookConfig, cursor_put, cursor_register, encode_payload,
                             signature)
-from ..spool import records
 from ..spool.store import Spool
 
 log = structlog.get_logger("webhooks")
@@ -42,18 +40,8 @@ def outbox_page(spool: Spool, after: int, limit: int) -> list[dict[str, Any]]:
     """Outbox events with ``event_seq`` > after, in order: whole outbox records until at least
     ``limit`` events (memory stays bounded however far an endpoint lags). Undecodable records are
     skipped (their sequence numbers show up as ``missing``)."""
-    out: list[dict[str, Any]] = []
-    with spool.read() as txn, txn.cursor(db=spool.dbs["outbox"]) as cur:
-        if not cur.set_range(records.u64(after + 1)):
-            return out
-        for _, raw in cur:
-            try:
-                out.extend(records.events_after_seq(records.decode_events(raw), after))
-            except SpoolCorrupt:
-                continue
-            if len(out) >= limit:
-                break
-    return out
+    with spool.read() as txn:
+        return spool.events_after(txn, after, limit=limit)
 
 
 def _retry_after_s(value: str | None) -> float | None:

@@ -18,6 +18,7 @@ crash the recipient is simply due. A worker that disconnects, or leaves a job un
 from __future__ import annotations
 
 import asyncio
+import bisect
 import os
 import time
 import zlib
@@ -84,6 +85,12 @@ class WorkerLink:
         return f"<WorkerLink shard={self.shard} pid={self.pid} jobs={len(self.jobs)} inflight={self.inflight}>"
 
 
+def _dkey(rcpts: dict[int, tuple[str, int, bytes]], index: int) -> bytes | None:
+    """The due entry of recipient ``index`` of a job in flight (None: not one of its recipients)."""
+    entry = rcpts.get(index)
+    return entry[2] if entry is not None else None
+
+
 @dataclass(slots=True)
 class _Merge:
     """One message's due recipients at one site, gathered across domains before they are staged."""
@@ -97,11 +104,11 @@ class _Merge:
 
     def domains_in(self, start: int, end: int) -> tuple[str, ...]:
         """The domains with items in ``items[start:end]``, in item order."""
+        n = bisect.bisect_right(self.spans, start, key=lambda span: span[1]) - 1  # the span holding ``start``
         out = []
-        for n, (domain, first) in enumerate(self.spans):
-            last = self.spans[n + 1][1] if n + 1 < len(self.spans) else len(self.items)
-            if first < end and last > start:
-                out.append(domain)
+        while n < len(self.spans) and self.spans[n][1] < end:
+            out.append(self.spans[n][0])
+            n += 1
         return tuple(out)
 
 
@@ -150,8 +157,8 @@ class Manager:
         self.ready = ReadyQueues(flow_max=sc.flow_stage_max, total_max=sc.staged_max)
         self.suspensions: dict[str, set[str]] = {"site": set(), "domain": set(), "campaign": set(), "tenant": set()}
         self._cursor: bytes | None = None
-        self._job_meta: dict[int, tuple[int, dict[int, int], dict[int, str], dict[int, bytes]]] = {}
-        """job id -> (lease expiry ms, attempts, address and due entry per recipient index)."""
+        self._job_meta: dict[int, tuple[int, dict[int, tuple[str, int, bytes]]]] = {}
+        """job id -> (lease expiry ms, recipient index -> (address, attempts so far, due entry))."""
         self._dns_wait: dict[str, list[Due]] = {}
         """Due recipients whose destination's MX lookup is still running."""
         self._mx_tasks: dict[str, asyncio.Future[Any]] = {}
@@ -273,12 +280,12 @@ class Manager:
         now = self.clock()
         for job_id, (msg_id, idxs, site) in link.jobs.items():
             meta = self._job_meta.pop(job_id, None)
-            dkeys = meta[3] if meta is not None else {}
+            rcpts = meta[1] if meta is not None else {}
             lane = self._job_lane.pop(job_id, None)
             if lane is not None:
                 lane.on_result(now, "returned")
             for i in idxs:
-                self._returns.append(Result(msg_id, i, 0, site=site, dkey=dkeys.get(i)))
+                self._returns.append(Result(msg_id, i, 0, site=site, dkey=_dkey(rcpts, i)))
                 n += 1
         link.jobs.clear()
         link.inflight = 0
@@ -288,7 +295,7 @@ class Manager:
         if link is None or item["id"] not in link.jobs:
             return
         msg_id, idxs, site = link.jobs[item["id"]]
-        meta = self._job_meta.get(item["id"], (0, {}, {}, {}))
+        meta = self._job_meta.get(item["id"], (0, {}))
         if item.get("partial"):
             # outcomes of the transactions finished so far in a longer job: applied at once, so a
             # crash later in the job cannot make these recipients go out twice
@@ -303,29 +310,29 @@ class Manager:
         seen = self._collect(msg_id, site, item, meta)
         for idx in idxs:  # a worker must answer for every recipient; if not, count nothing and retry
             if idx not in seen:
-                self._results.append(Result(msg_id, idx, 0, site=site, dkey=meta[3].get(idx)))
+                self._results.append(Result(msg_id, idx, 0, site=site, dkey=_dkey(meta[1], idx)))
 
     def _collect(self, msg_id: int, site: str, item: dict[str, Any],
-                 meta: tuple[int, dict[int, int], dict[int, str], dict[int, bytes]]) -> set[int]:
+                 meta: tuple[int, dict[int, tuple[str, int, bytes]]]) -> set[int]:
         """Queue a job report's outcomes for the next commit; returns the indexes it answered.
         Consecutive deliveries with the same reply become one ``Delivered`` group."""
-        _, attempts, addresses, dkeys = meta
+        rcpts = meta[1]
         tls, mx, ip = item.get("tls"), item.get("mx"), item.get("ip")
         seen = set()
         group: Delivered | None = None
         for idx, code, enhanced, text, phase, unknown in item["results"]:
             seen.add(idx)
-            address, dkey = addresses.get(idx), dkeys.get(idx)
-            if dkey is not None and address is not None and 200 <= code < 300 and not unknown:
+            address, attempts, dkey = rcpts.get(idx) or (None, 0, None)
+            if dkey is not None and 200 <= code < 300 and not unknown:
                 if group is None or group.code != code or group.text != text or group.enhanced != enhanced \
                         or group.phase != phase:
                     group = Delivered(msg_id, [], code, enhanced, text, phase, site, mx, ip, tls)
                     self._delivered.append(group)
-                group.members.append((idx, address, attempts.get(idx, 0), dkey))
+                group.members.append((idx, address, attempts, dkey))
                 continue
             group = None
             self._results.append(Result(msg_id, idx, code, enhanced, text, phase, site, mx, ip, bool(unknown),
-                                        tls=tls, address=address, attempts=attempts.get(idx, 0), dkey=dkey))
+                                        tls=tls, address=address, attempts=attempts, dkey=dkey))
         return seen
 
     # -- the loop -------------------------------------------------------------------------------
@@ -428,26 +435,25 @@ class Manager:
         expiry_ms = now_ms + self.writer.lease_ms
         leased = self._leased
         for shard, jobs in jobs_by_shard.items():
-            attempts = [job.pop("_attempts") for job in jobs]
-            dkeys = [job.pop("_dkeys") for job in jobs]
+            metas = [job.pop("_meta") for job in jobs]
             link = self.workers.get(shard)
             if link is None or not link.proto.send({"t": "jobs", "items": jobs}):
                 # the worker went away between scan and send: its recipients come back now (still
                 # skipped by the scan until the return is committed), and the site slots they
                 # took are given back
-                for job, dk in zip(jobs, dkeys):
+                for job, meta in zip(jobs, metas):
                     lane = self._job_lane.pop(job["id"], None)
                     if lane is not None:
                         lane.on_result(self.clock(), "returned")
-                    for r in job["rcpts"]:
-                        self._returns.append(Result(job["msg"], r[0], 0, site=job["site"], dkey=dk[r[0]]))
-                    leased.update(k[8:] for k in dk.values())
+                    for idx, (_, _, dkey) in meta.items():
+                        self._returns.append(Result(job["msg"], idx, 0, site=job["site"], dkey=dkey))
+                        leased.add(dkey[8:])
                 continue
-            for job, att, dk in zip(jobs, attempts, dkeys):
-                link.jobs[job["id"]] = (job["msg"], [r[0] for r in job["rcpts"]], job["site"])
-                self._job_meta[job["id"]] = (expiry_ms, att, {r[0]: r[1] for r in job["rcpts"]}, dk)
-                link.inflight += len(job["rcpts"])
-                leased.update(k[8:] for k in dk.values())
+            for job, meta in zip(jobs, metas):
+                link.jobs[job["id"]] = (job["msg"], list(meta), job["site"])
+                self._job_meta[job["id"]] = (expiry_ms, meta)
+                link.inflight += len(meta)
+                leased.update(dkey[8:] for _, _, dkey in meta.values())
 
     def _unlease(self, results: list[Result], returns: list[Result], delivered: list[Delivered]) -> None:
         """After the commit that applied them: these recipients are no longer in flight."""
@@ -469,9 +475,9 @@ class Manager:
                 if meta is None or meta[0] > now_ms or not idxs:
                     continue
                 late += 1
-                self._job_meta[jid] = (_NEVER_MS, meta[1], meta[2], meta[3])
+                self._job_meta[jid] = (_NEVER_MS, meta[1])
                 link.inflight -= len(idxs)
-                self._returns.extend(Result(msg_id, i, 0, site=site, dkey=meta[3].get(i)) for i in idxs)
+                self._returns.extend(Result(msg_id, i, 0, site=site, dkey=_dkey(meta[1], i)) for i in idxs)
                 idxs.clear()
             if late:
                 log.warning("leases_expired", shard=link.shard, pid=link.pid, jobs=late)
@@ -823,8 +829,7 @@ class Manager:
                     "rcpts": [[idx, rec.address, rec.name, rec.variables, rec.notify, rec.orcpt]
                               for _, idx, rec in job.items],
                     "dsn": [msg.ret, msg.envid],
-                    "_attempts": {idx: rec.attempts for _, idx, rec in job.items},
-                    "_dkeys": {idx: dkey for dkey, idx, _ in job.items},
+                    "_meta": {idx: (rec.address, rec.attempts, dkey) for dkey, idx, rec in job.items},
                 }
                 if job.domains:
                     item["domains"] = list(job.domains)  # the worker checks their MTA-STS policies agree

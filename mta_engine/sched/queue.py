@@ -206,24 +206,12 @@ class QueueWriter:
 
     def apply(self, txn: lmdb.Transaction, results: list[Result], now_ms: int, stats: TickStats,
               events: list[dict[str, Any]]) -> None:
-        """Apply worker results: delivered, bounced, deferred/expired, or returned unattempted."""
+        """Apply worker results: delivered, bounced, deferred/expired, or returned unattempted. The
+        deliveries the manager could group (``Delivered``) go through ``apply_delivered`` instead."""
         rcpt_db, due_db = self._db["rcpt"], self._db["due"]
         touched: dict[int, int] = {}
         for r in results:
             rkey = records.rcpt_key(r.msg_id, r.index)
-            if r.dkey is not None and r.address is not None and 200 <= r.code < 300:
-                # Fast path: a delivery of a recipient in flight needs no record read.
-                gone = not txn.delete(rkey, db=rcpt_db)
-                txn.delete(r.dkey, db=due_db)
-                msg = self.message(txn, r.msg_id)
-                if gone or msg is None:
-                    continue  # already final (duplicate report) or its message is gone
-                stats.delivered += 1
-                stats.sites.setdefault(r.site or "-", [0, 0, 0])[0] += 1
-                events.append(self._event("Delivery", msg, records.rcpt_id(r.msg_id, r.index), r.address, r.attempts + 1,
-                                          r, now_ms))
-                touched[r.msg_id] = touched.get(r.msg_id, 0) + 1
-                continue
             raw = txn.get(rkey, db=rcpt_db)
             if raw is None:  # already final (duplicate report) or cancelled meanwhile
                 self._drop_due(txn, r)

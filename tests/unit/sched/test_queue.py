@@ -120,7 +120,7 @@ def test_accounting_log_skips_events_already_written(tmp_path: Path) -> None:
 
 
 def test_fast_path_delivery_matches_the_full_path(spool: Spool) -> None:
-    """A delivery applied from the manager's bookkeeping (no record read) leaves the spool as the full path does."""
+    """A delivery reported with its due entry removes record and entry, as one without it does."""
     msg = inject(spool, 2)
     w = QueueWriter(spool, retry=RetryPolicy(intervals_s=(60.0,), jitter=0.0), max_age_s=3600.0, lease_s=600.0)
     with spool.write() as txn:
