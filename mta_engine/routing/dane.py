@@ -34,7 +34,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import dns.rdatatype
 
 from mta_engine.delivery.dane import TlsaRecord, usable
 from mta_engine.errors import DnsError
@@ -77,6 +76,7 @@ class DaneLookup:
         max_entries: int = 100_000,
     ) -> None:
         self._resolver = resolver
+        resolver.authenticated_a = True  # the connect path's A query carries the AD bit we need
         self._port = port
         self._clock = clock
         self._failure_ttl_s = failure_ttl_s
@@ -128,7 +128,7 @@ class DaneLookup:
 
     async def _resolve(self, name: str) -> tuple[DaneTarget | None, float]:
         """(target or None, TTL) for ``name``; DnsError passes through."""
-        address = await self._resolver.resolve_authenticated(name, dns.rdatatype.A)
+        address = await self._resolver.take_authenticated_a(name)
         if not address.authenticated:  # RFC 7672 §2.2.2: insecure address records, no TLSA lookup
             return None, address.ttl_s
         ttl_s = address.ttl_s

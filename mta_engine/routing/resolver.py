@@ -142,6 +142,11 @@ class Resolver:
         self._txt_cache: dict[str, _Entry[list[str]]] = {}
         self._inflight: dict[tuple[str, str], asyncio.Task[object]] = {}
         self._dns_ad: dns.asyncresolver.Resolver | None = None  # DO+AD queries (DANE), made on first use
+        self.authenticated_a = False
+        """Ask A queries with DO+AD and keep each answer for one ``take_authenticated_a``: DANE needs
+        the AD bit of an MX host's address records (RFC 7672 §2.2.2), and the connect path has just
+        looked them up; one query serves both. Set by ``DaneLookup``."""
+        self._auth_a: dict[str, tuple[float, AuthenticatedAnswer]] = {}
 
     def __repr__(self) -> str:
         return (
@@ -241,6 +246,27 @@ class Resolver:
         ttl_s = float(min([rrset.ttl, *(r.ttl for r in answer.response.answer)]))
         canonical = _name_text(answer.canonical_name)
         return AuthenticatedAnswer(tuple(rrset), ad, ttl_s, nxdomain=False, canonical=canonical)
+
+    async def _query_a_authenticated(self, name: str) -> _Records:
+        """The address lookup's A query, asked with DO+AD; the answer is kept for DANE."""
+        answer = await self.resolve_authenticated(name, dns.rdatatype.A)
+        keep = self._auth_a
+        keep.pop(name, None)
+        while len(keep) >= min(self._max_entries, 10_000):  # unclaimed (DANE off for that domain)
+            keep.pop(next(iter(keep)))
+        keep[name] = (self._clock() + max(answer.ttl_s, MIN_TTL_S), answer)
+        if not answer.rdatas:  # its TTL is the negative one (SOA, else ``negative_ttl_s``)
+            return _Records((), 0.0, nxdomain=answer.nxdomain, negative_ttl_s=answer.ttl_s)
+        return _Records(tuple((0, str(r.address)) for r in answer.rdatas), answer.ttl_s, nxdomain=False,
+                        negative_ttl_s=None)
+
+    async def take_authenticated_a(self, name: str) -> AuthenticatedAnswer:
+        """``name``'s A records with the AD bit: the answer the address lookup just got, if it is
+        still fresh (claimed once), else a query of its own."""
+        kept = self._auth_a.pop(name, None)
+        if kept is not None and kept[0] > self._clock():
+            return kept[1]
+        return await self.resolve_authenticated(name, dns.rdatatype.A)
 
     def _dnssec_resolver(self) -> dns.asyncresolver.Resolver:
         """A twin of the main resolver whose queries carry DO and AD; the main one stays lean."""
@@ -378,7 +404,7 @@ class Resolver:
         Raises DnsError (transient) only when neither family produced addresses and at least
         one query failed transiently.
         """
-        queries = [self._query(name, dns.rdatatype.A)]
+        queries = [self._query_a_authenticated(name) if self.authenticated_a else self._query(name, dns.rdatatype.A)]
         if ipv6:
             queries.append(self._query(name, dns.rdatatype.AAAA))
         results = await asyncio.gather(*queries, return_exceptions=True)

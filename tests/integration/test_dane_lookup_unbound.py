@@ -8,6 +8,7 @@ from collections.abc import Iterator
 
 import dns.flags
 import dns.rcode
+import dns.rdatatype
 import pytest
 
 from mta_engine.delivery.dane import TlsaRecord
@@ -142,3 +143,46 @@ def test_non_validating_resolver_never_turns_dane_on() -> None:
     finally:
         server.stop()
     assert "query[A] mx.dane.test" in log and "_25._tcp" not in log
+
+
+def test_the_address_lookup_answers_dane_too() -> None:
+    """The connect path looks up an MX host's addresses, then its DANE verdict: one A query serves
+    both (asked with AD), counted in dnsmasq's own query log."""
+    server = DnsServer(mx={}, a={"mx.dane.test": "127.0.0.81"}, listen="127.0.0.88").start()
+
+    async def run() -> tuple[list[str], object]:
+        resolver = Resolver([server.host], port=server.port, timeout_s=3.0)
+        lookup = DaneLookup(resolver)
+        return await resolver.resolve_addresses("mx.dane.test"), await lookup.lookup("mx.dane.test")
+
+    try:
+        addresses, target = asyncio.run(run())
+        log = server.log_path.read_text()
+    finally:
+        server.stop()
+    assert addresses == ["127.0.0.81"] and target is None
+    assert log.count("query[A] mx.dane.test") == 1
+
+
+def test_a_shared_address_answer_keeps_its_ad_bit_and_alias(unbound: ValidatingResolver) -> None:
+    """Through a validating resolver the shared answer still turns DANE on, with the CNAME target
+    as TLSA base; only the TLSA query is added to the address lookup's A query."""
+    asked: list[str] = []
+
+    async def run() -> tuple[list[str], object]:
+        resolver = Resolver([unbound.host], port=unbound.port, timeout_s=3.0, ipv6=False)
+        real = resolver.resolve_authenticated
+
+        async def counted(name: str, rdtype: object) -> object:
+            asked.append(f"{name} {dns.rdatatype.to_text(rdtype)}")  # type: ignore[arg-type]
+            return await real(name, rdtype)  # type: ignore[arg-type]
+
+        resolver.resolve_authenticated = counted  # type: ignore[method-assign]
+        lookup = DaneLookup(resolver)
+        return await resolver.resolve_addresses("alias.dane.test"), await lookup.lookup("alias.dane.test")
+
+    addresses, target = asyncio.run(run())
+    assert addresses == ["127.0.0.85"]
+    assert target is not None and target.records == (EE,)  # type: ignore[attr-defined]
+    assert target.names == ("target.dane.test", "alias.dane.test")  # type: ignore[attr-defined]
+    assert asked == ["alias.dane.test A", "_25._tcp.target.dane.test TLSA"]
