@@ -43,6 +43,7 @@ from mta_engine.smtp.events import (
     MailFrom,
     RcptTo,
     Replied,
+    Rset,
     StartTls,
 )
 from mta_engine.smtp.reply import Reply, ReplyParser
@@ -53,6 +54,8 @@ _PIPELINING = "PIPELINING"  # RFC 2920 §3: EHLO keyword that allows command gro
 _SIZE = "SIZE"  # RFC 1870 §3
 # RFC 4954 §4: the AUTH exchange is lock-step; it is never part of a pipelined group.
 _AUTH_COMMANDS = (AuthPlain, AuthLogin, AuthResponse)
+# Commands whose reply, when more commands are still pending, changes nothing but the queue.
+_NOT_LAST_FAST = frozenset({MailFrom, RcptTo, Rset})
 
 
 def parse_size_limit(params: str) -> int | None:
@@ -193,6 +196,12 @@ class ClientConnection:
         return self._match(reply)
 
     def _match(self, reply: Reply) -> Replied:
+        pending = self.pending
+        if len(pending) > 1 and reply.code != 421 and type(pending[0]) in _NOT_LAST_FAST \
+                and self.state is not State.CONNECTED:
+            # a reply to MAIL, RCPT or RSET with more commands pending (a pipelined group): the
+            # state stays as it is (``next_state_on_reply`` with last=False), nothing else to note
+            return Replied(pending.popleft(), reply)
         if self.state is State.CONNECTED:
             command = None
         elif self.pending:

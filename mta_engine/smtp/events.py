@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import base64
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Final
 
 from mta_engine.errors import LocalProtocolError
@@ -146,18 +146,22 @@ class RcptTo:
 
     address: str
     params: tuple[str, ...] = ()
+    _wire: bytes = field(init=False, repr=False, compare=False)  # made (and checked) once
 
     def __post_init__(self) -> None:
         if not self.address:
             raise LocalProtocolError("RCPT TO needs a non-empty forward-path")
         _check_arg("RCPT TO address", self.address)
-        _check_params(self.params)
-        self.to_bytes()
+        if self.params:
+            _check_params(self.params)
+            tail = "".join(" " + p for p in self.params)
+        else:
+            tail = ""
+        object.__setattr__(self, "_wire", _line(f"RCPT TO:<{self.address}>{tail}"))
 
     def to_bytes(self) -> bytes:
         """Wire form of this command."""
-        tail = "".join(" " + p for p in self.params)
-        return _line(f"RCPT TO:<{self.address}>{tail}")
+        return self._wire
 
 
 @dataclass(frozen=True, slots=True)

@@ -91,6 +91,12 @@ class Reply:
 _DIGITS = frozenset(b"0123456789")
 _FIRST_DIGITS = frozenset(b"2345")  # RFC 5321 §4.2.1: reply classes 2yz-5yz only
 _HYPHEN = 0x2D  # "-": more lines follow (RFC 5321 §4.2.1)
+# One-line replies already parsed, by their line (CRLF removed): a server answers every RCPT of a
+# transaction, and every transaction, with the same few lines. Replies are immutable, so one
+# object serves every session of the process; the table is emptied when full.
+_ONE_LINE: dict[bytes, Reply] = {}
+_ONE_LINE_ENTRIES = 1024
+_ONE_LINE_MAX_OCTETS = 256
 _SPACE = 0x20
 
 
@@ -164,11 +170,22 @@ class ReplyParser:
             self._reply_octets += octets
             if self._reply_octets > MAX_REPLY_OCTETS:
                 raise self._fail(f"reply longer than {MAX_REPLY_OCTETS} octets")
+            if self._code is None:
+                # A one-line reply seen before (every "250 2.1.5 Ok" of a transaction): the same
+                # immutable Reply, without parsing the line again.
+                reply = _ONE_LINE.get(line)
+                if reply is not None:
+                    self._reply_octets = 0
+                    return reply
             final = self._take_line(line)
             if final:
                 code = self._code
                 assert code is not None
                 reply = Reply(int(code), tuple(self._lines))
+                if len(self._lines) == 1 and self._reply_octets <= _ONE_LINE_MAX_OCTETS:
+                    if len(_ONE_LINE) >= _ONE_LINE_ENTRIES:
+                        _ONE_LINE.clear()
+                    _ONE_LINE[line] = reply
                 self._code = None
                 self._lines = []
                 self._reply_octets = 0

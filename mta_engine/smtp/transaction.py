@@ -130,7 +130,7 @@ def plan_transaction(
     refused: dict[int, Reply] = {}
     accepted: list[tuple[int, str]] = []
     for i, address in enumerate(recipients):
-        if not smtputf8 and address_needs_smtputf8(address):
+        if not smtputf8 and not address.isascii() and address_needs_smtputf8(address):
             if has_utf8:
                 smtputf8 = True  # one UTF-8 recipient turns SMTPUTF8 on for the transaction
             else:
@@ -171,7 +171,9 @@ def plan_transaction(
         if dsn.envid:
             params.append(f"ENVID={_xtext(dsn.envid)}")
     mail = MailFrom(_wire(sender, smtputf8), tuple(params))
-    commands = tuple((i, RcptTo(w := _wire(address, smtputf8), _rcpt_params(dsn if use_dsn else None, i, w)))
+    rcpt_dsn = dsn if use_dsn else None
+    commands = tuple((i, RcptTo(w := address if address.isascii() else _wire(address, smtputf8),
+                                _rcpt_params(rcpt_dsn, i, w) if rcpt_dsn is not None else ()))
                      for i, address in accepted)
     body: Payload | tuple[Bdat | BdatLast, ...]
     if chunking and _CHUNKING in extensions:

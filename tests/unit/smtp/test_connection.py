@@ -447,3 +447,22 @@ def test_command_line_limit_is_512_octets() -> None:
     assert len(RcptTo("x" * (512 - fixed)).to_bytes()) == 512
     with pytest.raises(LocalProtocolError):
         RcptTo("x" * (513 - fixed))
+
+
+def test_pipelined_replies_keep_the_state_until_the_last_one() -> None:
+    """The replies to MAIL and RCPT of a pipelined group, a refusal among them, leave the state
+    where the group put it; the last reply (to DATA) moves it; each is matched to its command."""
+    server = ScriptedServer().ready("PIPELINING")
+    group = [MailFrom("a@example.com"), RcptTo("b@example.net"), RcptTo("c@example.net"),
+             RcptTo("d@example.net"), Data()]
+    server.send_pipelined(group)
+    sent_state = server.conn.state
+    seen = []
+    for line in (b"250 ok\r\n", b"250 ok\r\n", b"550 5.1.1 no such user\r\n", b"250 ok\r\n"):
+        (event,) = server.reply(line)
+        seen.append((type(event.command).__name__, event.reply.code))
+        assert server.conn.state is sent_state
+    assert seen == [("MailFrom", 250), ("RcptTo", 250), ("RcptTo", 550), ("RcptTo", 250)]
+    (event,) = server.reply(b"354 go\r\n")
+    assert type(event.command) is Data and server.conn.state is State.DATA_READY
+    assert not server.conn.pending

@@ -183,3 +183,26 @@ def test_any_chunking_gives_the_same_replies(
         pos += cut
     got += parser.feed(wire[pos:])
     assert [(r.code, list(r.lines)) for r in got] == replies
+
+
+def test_a_repeated_one_line_reply_is_parsed_once_and_stays_exact() -> None:
+    """One-line replies are remembered by their line: the 100th "250 2.1.5 Ok" is the same object
+    as the first, and a multi-line reply that ends with that same line is still parsed whole."""
+    parser = ReplyParser()
+    first, second = parser.feed(b"250 2.1.5 Ok\r\n250 2.1.5 Ok\n")  # bare LF: the same line
+    assert first is second and first == Reply(250, ("2.1.5 Ok",)) and first.enhanced == "2.1.5"
+    (multi,) = parser.feed(b"250-2.1.5 first\r\n250 2.1.5 Ok\r\n")
+    assert multi.lines == ("2.1.5 first", "2.1.5 Ok")
+    assert ReplyParser().feed(b"550 5.1.1 no\r\n250 2.1.5 Ok\r\n") == [Reply(550, ("5.1.1 no",)), first]
+    assert parser.buffered == 0
+
+
+def test_remembered_replies_are_bounded_and_never_change_a_result() -> None:
+    """Many distinct lines (more than the table holds) parse as a fresh parser would; a reply
+    code change inside a multi-line reply is still refused after its lines were seen alone."""
+    data = b"".join(b"250 2.0.0 queued as %d\r\n" % i for i in range(3000))
+    replies = ReplyParser().feed(data)
+    assert [r.lines[0] for r in replies] == [f"2.0.0 queued as {i}" for i in range(3000)]
+    assert ReplyParser().feed(b"250 ok\r\n") == [Reply(250, ("ok",))]
+    with pytest.raises(RemoteProtocolError):
+        ReplyParser().feed(b"250-ok\r\n251 ok\r\n")
