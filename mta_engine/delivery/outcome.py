@@ -14,7 +14,9 @@ says, per recipient, which reply applies to it. Scope rules (ARCHITECTURE invari
   (``result.data_rcpts``), which applies to that recipient only; one never answered because the
   connection went is UNKNOWN, as above.
 
-An outcome tuple is ``(index, code, enhanced, text, phase, unknown)``.
+An outcome tuple is ``(index, code, enhanced, text, phase, unknown)``. A worker reports them
+``grouped``: consecutive outcomes with the same reply become one, whose first item is the list of
+their indexes (the 250 after the data of a 100-recipient transaction is one entry, not 100).
 """
 
 from __future__ import annotations
@@ -25,6 +27,26 @@ from typing import Any, Sequence
 Outcome = tuple[int, int, "str | None", str, str, bool]
 
 _TOO_MANY = re.compile(r"too many recipients", re.I)
+
+
+GroupedOutcome = tuple[list[int], int, "str | None", str, str, bool]
+
+
+def grouped(outcomes: Sequence[Outcome]) -> list[GroupedOutcome]:
+    """Consecutive outcomes with the same (code, enhanced, text, phase, unknown) as one entry with
+    the list of their indexes, in order: the form a worker reports to the manager."""
+    out: list[GroupedOutcome] = []
+    last: tuple[Any, ...] | None = None
+    indexes: list[int] = []
+    for o in outcomes:
+        reply = o[1:]
+        if reply != last:
+            indexes = [o[0]]
+            out.append((indexes, *reply))  # type: ignore[arg-type]
+            last = reply
+        else:
+            indexes.append(o[0])
+    return out
 
 
 def local_failure(indexes: Sequence[int], code: int, enhanced: str, text: str, phase: str) -> list[Outcome]:

@@ -6,6 +6,9 @@ Frames are batches (many jobs, many outcomes) so that one syscall carries many r
 
     worker -> manager: {"t": "hello", "shard": int, "pid": int}
                        {"t": "outcomes", "items": [outcome, ...]}
+                         an outcome is one job's report: {"id", "results", "mx", "ip", "tls", "kind"
+                         or "partial"}; "results" entries are [indexes, code, enhanced, text,
+                         phase, unknown], one per reply (delivery/outcome.py ``grouped``)
                        {"t": "drained"}
                        {"t": "wake"}  (from ingest: new work was committed)
     manager -> worker: {"t": "jobs", "items": [job, ...]}

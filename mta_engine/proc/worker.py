@@ -24,7 +24,7 @@ from typing import Any
 import structlog
 
 from ..config import LMTP_SITE_PREFIX, RELAY_SITE_PREFIX, Config, parse_lmtp_endpoint
-from ..delivery.outcome import Outcome, error_text, local_failure, transaction_outcomes
+from ..delivery.outcome import Outcome, error_text, grouped, local_failure, transaction_outcomes
 from ..delivery.pool import ConnectionPool, Endpoint
 from ..delivery.session import SessionRefused, SmtpSession, SmtpTimeouts, TransactionItem
 from ..errors import DeliveryTimeout, DnsError, MtaError, SpoolCorrupt, TlsError
@@ -163,7 +163,8 @@ class Worker:
         if job.get("_partial"):
             self.report_partial(job, results, mx, ip, tls)
             return
-        self._out.append({"id": job["id"], "results": results, "mx": mx, "ip": ip, "kind": kind, "tls": tls})
+        self._out.append({"id": job["id"], "results": grouped(results), "mx": mx, "ip": ip, "kind": kind,
+                          "tls": tls})
         if len(self._out) >= FLUSH_ITEMS:
             self.flush()
         elif self._flush_handle is None:
@@ -172,7 +173,8 @@ class Worker:
     def report_partial(self, job: dict[str, Any], results: list[Outcome], mx: str | None, ip: str | None,
                        tls: dict[str, Any] | None) -> None:
         """Outcomes of a job's finished transactions, before the job ends (fewer repeats after a crash)."""
-        self._out.append({"id": job["id"], "results": results, "mx": mx, "ip": ip, "tls": tls, "partial": True})
+        self._out.append({"id": job["id"], "results": grouped(results), "mx": mx, "ip": ip, "tls": tls,
+                          "partial": True})
         if len(self._out) >= FLUSH_ITEMS:
             self.flush()
         elif self._flush_handle is None:

@@ -315,24 +315,29 @@ class Manager:
     def _collect(self, msg_id: int, site: str, item: dict[str, Any],
                  meta: tuple[int, dict[int, tuple[str, int, bytes]]]) -> set[int]:
         """Queue a job report's outcomes for the next commit; returns the indexes it answered.
-        Consecutive deliveries with the same reply become one ``Delivered`` group."""
+        A report's entries come grouped by reply (``outcome.grouped``: a list of indexes, or one
+        index); consecutive deliveries with the same reply become one ``Delivered`` group."""
         rcpts = meta[1]
         tls, mx, ip = item.get("tls"), item.get("mx"), item.get("ip")
-        seen = set()
+        seen: set[int] = set()
         group: Delivered | None = None
-        for idx, code, enhanced, text, phase, unknown in item["results"]:
-            seen.add(idx)
-            address, attempts, dkey = rcpts.get(idx) or (None, 0, None)
-            if dkey is not None and 200 <= code < 300 and not unknown:
-                if group is None or group.code != code or group.text != text or group.enhanced != enhanced \
-                        or group.phase != phase:
-                    group = Delivered(msg_id, [], code, enhanced, text, phase, site, mx, ip, tls)
-                    self._delivered.append(group)
-                group.members.append((idx, address, attempts, dkey))
-                continue
-            group = None
-            self._results.append(Result(msg_id, idx, code, enhanced, text, phase, site, mx, ip, bool(unknown),
-                                        tls=tls, address=address, attempts=attempts, dkey=dkey))
+        for idxs, code, enhanced, text, phase, unknown in item["results"]:
+            if type(idxs) is int:
+                idxs = (idxs,)
+            seen.update(idxs)
+            if not (200 <= code < 300) or unknown:
+                group = None
+            elif group is None or group.code != code or group.text != text or group.enhanced != enhanced \
+                    or group.phase != phase:
+                group = Delivered(msg_id, [], code, enhanced, text, phase, site, mx, ip, tls)
+                self._delivered.append(group)
+            for idx in idxs:
+                address, attempts, dkey = rcpts.get(idx) or (None, 0, None)
+                if group is not None and dkey is not None:
+                    group.members.append((idx, address, attempts, dkey))
+                    continue
+                self._results.append(Result(msg_id, idx, code, enhanced, text, phase, site, mx, ip, bool(unknown),
+                                            tls=tls, address=address, attempts=attempts, dkey=dkey))
         return seen
 
     # -- the loop -------------------------------------------------------------------------------

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from mta_engine.delivery.outcome import transaction_outcomes
+from mta_engine.delivery.outcome import grouped, transaction_outcomes
 from mta_engine.smtp.reply import Reply
 
 
@@ -76,3 +76,25 @@ def test_data_rejection_applies_to_accepted_only() -> None:
     """554 after the final dot applies to the accepted recipients; RCPT-refused keep their own reply."""
     out, _ = transaction_outcomes([0, 1], Result(R(250), [R(250), R(550)], R(554, "spam", "5.7.1")))
     assert codes(out) == {0: (554, "data", False), 1: (550, "rcpt", False)}
+
+
+def test_grouped_joins_consecutive_outcomes_with_the_same_reply_only() -> None:
+    """A report's IPC form: one entry per run of equal replies, indexes in order; a reply that
+    comes back later is a new entry, and any differing field (here ``unknown``) splits."""
+    out = [(0, 250, "2.0.0", "ok", "data", False), (1, 250, "2.0.0", "ok", "data", False),
+           (2, 550, "5.1.1", "no such user", "rcpt", False), (3, 250, "2.0.0", "ok", "data", False),
+           (4, 250, "2.0.0", "ok", "data", True), (5, 250, "2.0.0", "ok", "data", True)]
+    assert grouped(out) == [([0, 1], 250, "2.0.0", "ok", "data", False),
+                            ([2], 550, "5.1.1", "no such user", "rcpt", False),
+                            ([3], 250, "2.0.0", "ok", "data", False),
+                            ([4, 5], 250, "2.0.0", "ok", "data", True)]
+    assert grouped([]) == []
+
+
+def test_a_shared_data_reply_is_one_entry_for_every_accepted_recipient() -> None:
+    """100 recipients, one refused at RCPT: the data reply's 99 make one entry, between nothing."""
+    rcpts = [R(250, "ok")] * 100
+    rcpts[40] = R(550, "no such user", "5.1.1")
+    out, _ = transaction_outcomes(list(range(100)), Result(R(250), rcpts, R(250, "queued", "2.0.0")))
+    entries = grouped(out)
+    assert [(e[0] if len(e[0]) < 3 else len(e[0]), e[1]) for e in entries] == [([40], 550), (99, 250)]

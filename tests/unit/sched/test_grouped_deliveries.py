@@ -10,6 +10,7 @@ from pathlib import Path
 
 import orjson
 
+from mta_engine.delivery.outcome import grouped
 from mta_engine.obs.accounting import AccountingLog
 from mta_engine.proc.webhooks import outbox_page
 from mta_engine.sched.queue import Delivered, QueueWriter, Result, TickStats
@@ -142,4 +143,25 @@ def test_manager_groups_consecutive_deliveries_with_the_same_reply(tmp_path: Pat
     assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
     assert mgr.totals.delivered == 5 and mgr.totals.bounced == 1
     assert spool.stat()["rcpt"] == 0
+    spool.close()
+
+
+def test_manager_takes_a_worker_report_grouped_by_reply(tmp_path: Path) -> None:
+    """The worker's form (``outcome.grouped``): entries of index lists; each recipient is applied
+    once, the refused one as a bounce, the rest as one grouped delivery per reply."""
+    mgr, spool, clock, link, acct = fakes.connected_manager(tmp_path)
+    inject(spool, 5, int(clock.now * 1000))
+    asyncio.run(mgr.tick())
+    (job,) = link.jobs()
+    out = [(r[0], *((550, "5.1.1", "no such user") if r[0] == 2 else (250, "2.0.0", "ok")), "payload", False)
+           for r in job["rcpts"]]
+    mgr.on_frame(link, {"t": "outcomes", "items": [  # type: ignore[arg-type]
+        {"id": job["id"], "results": [list(e) for e in grouped(out)], "mx": "mx.y.test", "ip": "127.0.0.1",
+         "kind": "delivered", "tls": None}]})
+    assert [[m[0] for m in g.members] for g in mgr._delivered] == [[0, 1], [3, 4]]
+    assert [(r.index, r.code) for r in mgr._results] == [(2, 550)]
+    asyncio.run(mgr.tick())
+    acct.close()
+    assert mgr.totals.delivered == 4 and mgr.totals.bounced == 1
+    assert spool.stat()["rcpt"] == 0 and not mgr._leased
     spool.close()
