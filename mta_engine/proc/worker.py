@@ -257,7 +257,8 @@ class Worker:
                 body.shared_payload = prepare(body.template.render(address="", name=None, variables=None,
                                                                    message_id=""))
             return body.shared_payload
-        index, address, name, variables = rcpt[:4]
+        index, address = rcpt[0], rcpt[1]
+        name, variables = (rcpt[2], rcpt[3]) if len(rcpt) > 3 else (None, None)  # short for shared bodies
         mid = message_id(job["msg"], index, self.ehlo_name, self.verp_key())
         return prepare(body.template.render(address=address, name=name, variables=variables, message_id=mid))
 

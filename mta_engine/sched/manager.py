@@ -85,6 +85,15 @@ class WorkerLink:
         return f"<WorkerLink shard={self.shard} pid={self.pid} jobs={len(self.jobs)} inflight={self.inflight}>"
 
 
+def _job_rcpts(job: StagedJob) -> list[list[Any]]:
+    """A job's recipients for the worker: ``[index, address, name, variables, notify, orcpt]``;
+    for a shared body (nothing rendered) only ``[index, address]`` unless it has DSN parameters."""
+    if job.per_recipient:
+        return [[idx, rec.address, rec.name, rec.variables, rec.notify, rec.orcpt] for _, idx, rec in job.items]
+    return [[idx, rec.address] if rec.notify is None and rec.orcpt is None
+            else [idx, rec.address, None, None, rec.notify, rec.orcpt] for _, idx, rec in job.items]
+
+
 def _dkey(rcpts: dict[int, tuple[str, int, bytes]], index: int) -> bytes | None:
     """The due entry of recipient ``index`` of a job in flight (None: not one of its recipients)."""
     entry = rcpts.get(index)
@@ -118,6 +127,8 @@ class Due:
     msg_id: int
     index: int
     rec: Recipient
+    domain: str = ""
+    """The recipient's domain, lower case (taken once, by the scan)."""
 
 
 class Manager:
@@ -397,7 +408,7 @@ class Manager:
             self._expire_leases(now_ms)
             self._reconcile_in_flight()
         t1 = time.perf_counter()
-        plans = await self._resolve({d.rec.domain for d in due} | set(self._dns_wait))
+        plans = await self._resolve({d.domain for d in due} | set(self._dns_wait))
         for domain in [d for d in self._dns_wait if d in plans]:
             held = self._dns_wait.pop(domain)
             self._waiting.difference_update(d.dkey[8:] for d in held)
@@ -555,7 +566,7 @@ class Manager:
                 if self.writer.message(txn, msg_id) is None:
                     bad.append(dkey)  # its message record is missing or corrupt
                     continue
-                out.append(Due(dkey, msg_id, index, rec))
+                out.append(Due(dkey, msg_id, index, rec, rec.address.rpartition("@")[2].lower()))
         if bad:
             with self.spool.write() as wtxn:
                 for dkey in bad:
@@ -726,7 +737,7 @@ class Manager:
         """
         groups: dict[tuple[int, str], list[Due]] = {}
         for d in due:
-            groups.setdefault((d.msg_id, d.rec.domain), []).append(d)
+            groups.setdefault((d.msg_id, d.domain), []).append(d)
         fails: list[tuple[list[tuple[bytes, int, int]], dict[str, Any]]] = []
         merged: dict[tuple[int, str, str | None], _Merge] = {}
         taken: dict[tuple[str, Any], int] = {}
@@ -831,8 +842,7 @@ class Manager:
                     "id": self._job_seq, "msg": job.msg_id, "sender": msg.sender, "domain": job.domain,
                     "site": site, "mx": self.mx_of[site], "per_rcpt": job.per_recipient,
                     "conns": lim.max_connections, "msgs_per_conn": lim.max_messages_per_connection,
-                    "rcpts": [[idx, rec.address, rec.name, rec.variables, rec.notify, rec.orcpt]
-                              for _, idx, rec in job.items],
+                    "rcpts": _job_rcpts(job),
                     "dsn": [msg.ret, msg.envid],
                     "_meta": {idx: (rec.address, rec.attempts, dkey) for dkey, idx, rec in job.items},
                 }
