@@ -16,7 +16,6 @@ for before/after figures of a change there. Bounded: T transactions, then it sto
 from __future__ import annotations
 
 import argparse
-import asyncio
 import time
 
 import uvloop

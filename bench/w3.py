@@ -42,7 +42,6 @@ import orjson
 
 from tests.support.dnsmasq import spread_sites
 from tests.support.engine import Engine
-from tests.support.procs import free_port
 from tests.support.provider_sink import (DEFAULT_BOUNCE_REPLY, DEFAULT_GREY_REPLY, DEFAULT_RATE_REPLY,
                                          ProviderSink, expected_sets)
 

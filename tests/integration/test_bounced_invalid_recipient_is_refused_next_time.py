@@ -1,7 +1,6 @@
 """A 550 5.1.1 suppresses the address; the next submission to it is refused per recipient; ctl manages the list."""
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from pathlib import Path

@@ -88,7 +88,7 @@ def test_returned_recipient_is_due_now_without_an_attempt(spool: Spool) -> None:
 
 def test_requeue_inflight_after_manager_restart(spool: Spool) -> None:
     """Leases a manager of an older version wrote to the ``inflight`` table are due at once."""
-    msg = inject(spool, 2)
+    inject(spool, 2)
     with spool.write() as txn:  # as that version leased them: due entry moved to the expiry, one inflight entry
         for dkey, m, i in due_items(spool):
             txn.delete(dkey, db=spool.dbs["due"])
