@@ -26,7 +26,6 @@ import os
 import re
 import subprocess
 import time
-from pathlib import Path
 from typing import Any, Callable
 
 from mta_engine.template.render import MessageTemplate
