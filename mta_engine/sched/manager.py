@@ -526,12 +526,10 @@ class Manager:
         out: list[Due] = []
         bad: list[bytes] = []
         dbs = self.spool.dbs
-        waiting = self._waiting
-        leased = self._leased
-
-        def staged(rkey: bytes) -> bool:
-            return rkey in waiting or rkey in leased or self.ready.is_staged(rkey)
-
+        waiting, leased, ready = self._waiting, self._leased, self.ready
+        split, decode, message = records.split_due_key, Recipient.decode, self.writer.message
+        rcpt_db = dbs["rcpt"]
+        known = -1  # the last message whose record was found (a scan meets one message's run at a time)
         with self.spool.read() as txn, txn.cursor(db=dbs["due"]) as cur:
             start = self._cursor
             if self._rescan_from is not None and (self._rescan_dns or any(
@@ -545,27 +543,31 @@ class Manager:
                 self._cursor = records.due_key(max(0, now_ms - CURSOR_BACK_MS), 0, 0)
                 return out
             self._cursor = records.due_key(max(0, now_ms - CURSOR_BACK_MS), 0, 0)
+            get = txn.get
             for dkey in cur.iternext(keys=True, values=False):
-                due_ms, msg_id, index = records.split_due_key(dkey)
+                due_ms, msg_id, index = split(dkey)
                 if due_ms > now_ms:
                     break
                 if len(out) >= limit:
                     self._cursor = dkey  # continue here next round
                     break
-                if staged(dkey[8:]):
+                rkey = dkey[8:]  # = records.rcpt_key(msg_id, index)
+                if rkey in waiting or rkey in leased or ready.is_staged(rkey):
                     continue
-                raw = txn.get(records.rcpt_key(msg_id, index), db=dbs["rcpt"])
+                raw = get(rkey, db=rcpt_db)
                 if raw is None:
                     bad.append(dkey)  # stale index entry: the recipient is gone
                     continue
                 try:
-                    rec = Recipient.decode(raw)
+                    rec = decode(raw)
                 except SpoolCorrupt:
                     bad.append(dkey)
                     continue
-                if self.writer.message(txn, msg_id) is None:
-                    bad.append(dkey)  # its message record is missing or corrupt
-                    continue
+                if msg_id != known:
+                    if message(txn, msg_id) is None:
+                        bad.append(dkey)  # its message record is missing or corrupt
+                        continue
+                    known = msg_id
                 out.append(Due(dkey, msg_id, index, rec, rec.address.rpartition("@")[2].lower()))
         if bad:
             with self.spool.write() as wtxn:

@@ -157,14 +157,14 @@ class QueueWriter:
         one event per group (a plain one for a single recipient). A recipient already gone
         (a duplicate report, or cancelled meanwhile) is not counted or logged again."""
         rcpt_db, due_db = self._db["rcpt"], self._db["due"]
-        rcpt_key = records.rcpt_key
+        delete = txn.delete
         touched: dict[int, int] = {}
         for g in groups:
             msg_id = g.msg_id
             each = []
             for index, address, attempts, dkey in g.members:
-                gone = not txn.delete(rcpt_key(msg_id, index), db=rcpt_db)
-                txn.delete(dkey, db=due_db)
+                gone = not delete(dkey[8:], db=rcpt_db)  # the due key ends with the recipient key
+                delete(dkey, db=due_db)
                 if not gone:
                     each.append([index, address, attempts + 1])
             msg = self.message(txn, msg_id)

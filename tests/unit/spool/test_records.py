@@ -48,3 +48,21 @@ def test_queue_id_text_forms() -> None:
     assert records.rcpt_id(255, 3) == "00000000000000ff.3"
     assert records.parse_queue_id("00000000000000ff.3") == (255, 3)
     assert records.parse_queue_id("00000000000000ff") == (255, None)
+
+
+def test_a_due_key_ends_with_its_recipient_key() -> None:
+    """The scheduler reads a recipient's record (and deletes it) by the tail of its due key."""
+    for due_ms, msg_id, index in ((0, 1, 0), (1_795_898_414_712, 2**40 + 3, 99_999), (2**63, 2**64 - 1, 2**32 - 1)):
+        assert records.due_key(due_ms, msg_id, index)[8:] == records.rcpt_key(msg_id, index)
+
+
+def test_pack_reuses_a_packer_and_matches_packb_even_after_a_failure() -> None:
+    """records.pack keeps one Packer per thread: same bytes as msgpack.packb, and a value it
+    cannot pack leaves nothing behind for the next call."""
+    import msgpack
+    import pytest
+
+    with pytest.raises(TypeError):
+        records.pack([1, "half", object()])
+    for value in ([1, "a@b.c", None, {"k": b"\xff"}], {"v": 1, "x": [True, 2.5]}, []):
+        assert records.pack(value) == msgpack.packb(value, use_bin_type=True)
