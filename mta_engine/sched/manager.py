@@ -253,8 +253,12 @@ class Manager:
         t = frame.get("t")
         if t == "outcomes":
             link = proto.peer.get("link")
+            freed: set[str] = set()
             for item in frame["items"]:
-                self._on_outcome(link, item)
+                site = self._on_outcome(link, item)
+                if site is not None:
+                    freed.add(site)
+            self._dispatch_freed(freed)
             self._wake.set()
         elif t == "hello":
             shard = int(frame["shard"])
@@ -302,9 +306,10 @@ class Manager:
         link.inflight = 0
         log.warning("worker_lost", shard=link.shard, pid=link.pid, returned=n)
 
-    def _on_outcome(self, link: WorkerLink | None, item: dict[str, Any]) -> None:
+    def _on_outcome(self, link: WorkerLink | None, item: dict[str, Any]) -> str | None:
+        """Take one job report; returns the job's site when the job ended (its slot is free)."""
         if link is None or item["id"] not in link.jobs:
-            return
+            return None
         msg_id, idxs, site = link.jobs[item["id"]]
         meta = self._job_meta.get(item["id"], (0, {}))
         if item.get("partial"):
@@ -313,7 +318,7 @@ class Manager:
             done = self._collect(msg_id, site, item, meta)
             idxs[:] = [i for i in idxs if i not in done]
             link.inflight -= len(done)
-            return
+            return None
         del link.jobs[item["id"]]
         self._job_meta.pop(item["id"], None)
         link.inflight -= len(idxs)
@@ -322,6 +327,24 @@ class Manager:
         for idx in idxs:  # a worker must answer for every recipient; if not, count nothing and retry
             if idx not in seen:
                 self._results.append(Result(msg_id, idx, 0, site=site, dkey=_dkey(meta[1], idx)))
+        return site
+
+    def _dispatch_freed(self, sites: set[str]) -> None:
+        """Reports just ended jobs at ``sites``: send those sites' next staged jobs now rather than
+        in the next round, which first waits for its commit. A busy site's window (up to
+        ``max_connections_per_site`` jobs) then refills as its jobs end, not once per round (W2's
+        biggest site, 37% of the recipients, was held to 20 jobs per round: ~20,000 rcpt/s)."""
+        if not sites:
+            return
+        free = self.capacity()
+        if not free:
+            return
+        now = self.clock()
+        jobs_by_shard, sent = self._dispatch(free, now, sites)
+        if sent:
+            self._send_jobs(jobs_by_shard, int(now * 1000))
+            for job in sent:
+                self.ready.release(job)
 
     def _collect(self, msg_id: int, site: str, item: dict[str, Any],
                  meta: tuple[int, dict[int, tuple[str, int, bytes]]]) -> set[int]:
@@ -415,6 +438,7 @@ class Manager:
             due.extend(held)
         t2 = time.perf_counter()
         fails.extend(self._stage(due, plans, now))
+        free = self.capacity()  # reports that came during the awaits above may have dispatched already
         jobs_by_shard, sent = self._dispatch(free, now) if free else ({}, [])
         # Nothing is written for a job that goes out: its recipients keep their due entries and are
         # in ``_leased`` (the scan skips them) until the commit that applies their outcomes.
@@ -806,11 +830,13 @@ class Manager:
         return job.campaign in s["campaign"] or job.tenant in s["tenant"] \
             or any(d in s["domain"] for d in job.all_domains)
 
-    def _dispatch(self, free: dict[int, int], now: float) -> tuple[dict[int, list[dict[str, Any]]], list[StagedJob]]:
-        """Pop jobs from the ready queues as far as each site's window and rates allow."""
+    def _dispatch(self, free: dict[int, int], now: float, only: set[str] | None = None
+                  ) -> tuple[dict[int, list[dict[str, Any]]], list[StagedJob]]:
+        """Pop jobs from the ready queues (of ``only`` these sites, if given) as far as each site's
+        window and rates allow."""
         jobs_by_shard: dict[int, list[dict[str, Any]]] = {}
         sent: list[StagedJob] = []
-        for site in self.ready.sites():
+        for site in self.ready.sites() if only is None else [s for s in only if self.ready.has_jobs(s)]:
             grp = self.sites[site]
             rooms = grp.rooms(now)  # jobs each lane (egress source) may start now
             if not any(rooms):

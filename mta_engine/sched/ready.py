@@ -100,6 +100,10 @@ class ReadyQueues:
     def sites(self) -> list[str]:
         return [s for s, q in self._queues.items() if len(q)]
 
+    def has_jobs(self, site: str) -> bool:
+        q = self._queues.get(site)
+        return q is not None and len(q) > 0
+
     def pop(self, site: str) -> StagedJob | None:
         q = self._queues.get(site)
         if q is None:
