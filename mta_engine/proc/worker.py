@@ -1,4 +1,4 @@
-"""Worker process: receives delivery jobs, speaks SMTP, reports one outcome per recipient.
+"""Worker process: receives delivery jobs, speaks SMTP, reports every recipient's outcome (grouped by reply).
 
 Contract: network-facing and stateless. Decides nothing about a recipient's fate: it reports
 replies (or locally made transient outcomes) and the manager decides. Opens the spool read-only
