@@ -45,12 +45,15 @@ def _message_items(msg_id: int, sub: Submission, now_ms: int) -> tuple[tuple[byt
                   template=sub.template, per_recipient=sub.per_recipient, dsn=sub.dsn, ret=sub.ret, envid=sub.envid)
     rcpts, due = [], []
     params = sub.dsn_params
+    shared = not sub.per_recipient
     for i, (addr, name, variables) in enumerate(sub.recipients):
         rec = Recipient(addr, name, variables, State.QUEUED, 0, now_ms)
         if params is not None:
             rec.notify, rec.orcpt = params[i]
         rcpts.append((records.rcpt_key(msg_id, i), rec.encode()))
-        due.append((records.due_key(now_ms, msg_id, i), b""))
+        # a shared body's recipient without DSN parameters: all a job needs is in its due entry
+        fresh = shared and rec.notify is None and rec.orcpt is None
+        due.append((records.due_key(now_ms, msg_id, i), addr.encode() if fresh else b""))
     return (mkey, msg.encode()), (mkey, records.encode_body(sub.spec)), rcpts, due
 
 

@@ -38,7 +38,7 @@ from ..obs.rotation import last_written_seq
 from ..proc.ipc import FrameProtocol
 from ..routing.mx import MxHost, MxPlan
 from ..spool import records
-from ..spool.records import Recipient, last_seq
+from ..spool.records import QueuedAddress, Recipient, last_seq
 from ..spool.store import Spool
 from .backoff import is_expired
 from .lease import LeasedTokens
@@ -107,7 +107,7 @@ class _Merge:
     flow: Flow
     per_recipient: bool
     step: int
-    items: list[tuple[bytes, int, Recipient]] = field(default_factory=list)
+    items: list[tuple[bytes, int, Recipient | QueuedAddress]] = field(default_factory=list)
     spans: list[tuple[str, int]] = field(default_factory=list)
     """(domain, index of its first item) in item order."""
 
@@ -126,7 +126,7 @@ class Due:
     dkey: bytes
     msg_id: int
     index: int
-    rec: Recipient
+    rec: Recipient | QueuedAddress
     domain: str = ""
     """The recipient's domain, lower case (taken once, by the scan)."""
 
@@ -553,7 +553,7 @@ class Manager:
         waiting, leased, ready = self._waiting, self._leased, self.ready
         split, decode, message = records.split_due_key, Recipient.decode, self.writer.message
         rcpt_db = dbs["rcpt"]
-        known = -1  # the last message whose record was found (a scan meets one message's run at a time)
+        known, shared = -1, False  # the last message found (a scan meets one message's run at a time)
         with self.spool.read() as txn, txn.cursor(db=dbs["due"]) as cur:
             start = self._cursor
             if self._rescan_from is not None and (self._rescan_dns or any(
@@ -568,7 +568,7 @@ class Manager:
                 return out
             self._cursor = records.due_key(max(0, now_ms - CURSOR_BACK_MS), 0, 0)
             get = txn.get
-            for dkey in cur.iternext(keys=True, values=False):
+            for dkey, value in cur.iternext(keys=True, values=True):
                 due_ms, msg_id, index = split(dkey)
                 if due_ms > now_ms:
                     break
@@ -578,20 +578,28 @@ class Manager:
                 rkey = dkey[8:]  # = records.rcpt_key(msg_id, index)
                 if rkey in waiting or rkey in leased or ready.is_staged(rkey):
                     continue
-                raw = get(rkey, db=rcpt_db)
-                if raw is None:
-                    bad.append(dkey)  # stale index entry: the recipient is gone
-                    continue
-                try:
-                    rec = decode(raw)
-                except SpoolCorrupt:
-                    bad.append(dkey)
-                    continue
                 if msg_id != known:
-                    if message(txn, msg_id) is None:
+                    msg = message(txn, msg_id)
+                    if msg is None:
                         bad.append(dkey)  # its message record is missing or corrupt
                         continue
-                    known = msg_id
+                    known, shared = msg_id, not msg.per_recipient
+                rec: Recipient | QueuedAddress
+                if value and shared:  # queued by ingest, never attempted: the address is the value
+                    try:
+                        rec = QueuedAddress(value.decode())
+                    except UnicodeDecodeError:
+                        value = b""
+                if not (value and shared):
+                    raw = get(rkey, db=rcpt_db)
+                    if raw is None:
+                        bad.append(dkey)  # stale index entry: the recipient is gone
+                        continue
+                    try:
+                        rec = decode(raw)
+                    except SpoolCorrupt:
+                        bad.append(dkey)
+                        continue
                 out.append(Due(dkey, msg_id, index, rec, rec.address.rpartition("@")[2].lower()))
         if bad:
             with self.spool.write() as wtxn:

@@ -175,6 +175,23 @@ class Recipient:
         return self.address.rpartition("@")[2].lower()
 
 
+class QueuedAddress:
+    """A recipient as its due entry knows it: queued by ingest for a shared body, never attempted,
+    no DSN parameters. Its due entry's value is the address (every other due entry's is empty),
+    so the scheduler's scan does not read and decode the recipient record: this is what a job
+    needs of it (the fields a ``Recipient`` would have)."""
+
+    __slots__ = ("address",)
+    name = variables = notify = orcpt = None
+    attempts = 0
+
+    def __init__(self, address: str) -> None:
+        self.address = address
+
+    def __repr__(self) -> str:
+        return f"QueuedAddress({self.address!r})"
+
+
 def encode_body(spec: dict[str, Any]) -> bytes:
     return msgpack.packb({"v": SCHEMA_VERSION, **spec}, use_bin_type=True)
 
