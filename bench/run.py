@@ -617,30 +617,27 @@ Targets on this 2-core machine: W1 ≥ 1,500 msg/s, W2 ≥ 20,000 rcpt/s.
 
 Targets of the project (issue 6): W1 5,000 msg/s, W2 50,000 rcpt/s at 100,000, CPU <= 0.3 ms per W1 message.
 
-Where it stands (2026-11-28, 20:10; W1 and W2 at 100,000 as BENCH.md defines them). W1 meets its
-goals: 7,915 msg/s median at 0.19-0.20 CPU ms per message (goal 5,000 and 0.3), 11.9x Postfix with
-its defaults and 0.37 of the wire limit. W2 does not: 35,463 rcpt/s (goal 50,000), 4.5x Postfix and
-0.35 of the wire limit; in alternating A/B runs in one world, without Postfix runs in between, the
-same code gives 40,700-43,300 (bench/results/OPTIMIZATIONS.md, last rows). W4 meets its goals (first
-delivery 1.25 s after restart, 99 bytes per recipient, manager RSS 175 MB; the backlog drains at
-46,335 rcpt/s). Relaxed (no fsync): W1 7,878 msg/s, W2 37,778 rcpt/s (before in-memory leases),
-within 7% of durable: group commit amortises the fsyncs. This machine's speed drifts by 15-20% within
-a session, so compare the ratios of one run, and see bench/results/OPTIMIZATIONS.md for each change
-measured alternately against the code before it.
+Where it stands (2026-11-28, 21:41; W1 and W2 at 100,000 as BENCH.md defines them). Every goal of
+issue 6 is met on this machine. W1: 8,993 msg/s median (8,569-9,164) at 0.16-0.17 CPU ms per message
+(goals 5,000 and 0.3), 12.0x Postfix with its defaults, 0.40 of the wire limit. W2: 52,547 rcpt/s
+(51,689-52,927; goal 50,000), 6.1x Postfix with its defaults, 0.50 of the wire limit. W3: exact
+outcome counts (19,812 delivered, 188 of 188 bounced, 182 DSNs), drained in 260 s. W4: first delivery
+1.09 s after process start, 123 bytes per queued recipient, manager RSS 186 MB; the 1,000,000-recipient
+backlog drains at 65,941 rcpt/s. W5: 0 lost (seeds 1 and 2: 3,239 and 5,738 duplicates over 9 and 14
+kills). Relaxed (no fsync): W1 10,684 msg/s, W2 63,979 rcpt/s. This machine's speed drifts by 15-20%
+within a session (four W2 runs of this code in one world, 20 minutes before: 46,448-55,408 rcpt/s),
+so compare the ratios of one run, and see bench/results/OPTIMIZATIONS.md for each change measured
+alternately against the code before it.
 
-What limits W2 now (py-spy per process, and /proc/stat sampled every 100 ms during a run):
-- Both cores are busy (1.8-2.0) from the first request to the last delivery; the engine uses about
-  0.038 CPU ms per recipient over all its processes (manager 1.4 s, workers 2.0-2.2 s, ingest 0.3 s,
-  accounting 0.12 s per 100,000), and the sinks, dnsmasq and the bench's own injector and log tail
-  use about 1 s more. 50,000 rcpt/s needs about a quarter less CPU per recipient.
-- The first second does the most work per recipient: ingest parses and commits the 20 requests
-  while every process fills a cold DNS cache (1,023 MX and MTA-STS TXT lookups, 686 x A, AAAA and
-  DANE A through dnspython, about 10% of a W2 run). After the injection, deliveries run at
-  about 45,000 rcpt/s.
-- Per recipient in the manager: the due scan (record read and decode) and the delivery (two
-  deletes) on its spool thread, and the job frames to the workers; in the workers, a third is the
-  kernel's share of sending each 10 KB body over loopback, then the RCPT commands and replies
-  through the SMTP state machine. No single function is above 5%.
+What limits W2 now (py-spy --gil per process, /proc/stat every 100 ms, the manager's round log):
+- The manager is the serial stage. Its rounds take one message's 5,000 recipients each (`[queue]
+  scan_batch`); a round is about 90 ms under load (scan 12-20 ms, routing 15-27 ms, commit 15-60 ms).
+  Its CPU per 100,000 recipients is 1.0-1.25 s, of which a sixth is MX lookups through dnspython.
+- Both cores are busy 1.6-2.0 of the time; the engine uses 0.028-0.033 CPU ms per recipient over all
+  its processes, and the 8 smtp-sinks, dnsmasq and the harness about 0.9 s more per run.
+- The first 0.25-0.3 s delivers nothing: ingest commits the first requests while every process fills a
+  cold DNS cache (994 MX and 994 MTA-STS TXT lookups, 665 A lookups that also serve DANE), about 200 us
+  of dnspython CPU each.
 Raw per-repetition figures, config and machine info are in the JSON files; plots of delivered per
 second (one line per repetition; engine and Postfix on one chart, wire limit as a dashed line) in the
 PNG files.
