@@ -648,8 +648,8 @@ PNG files.
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="5,000 recipients, 1 repetition")
-    ap.add_argument("--workload", default="W1,W2,W3",
-                    help="comma-separated: W1,W2,W3,W4,W5 (W4 backlog and W5 crash are opt-in)")
+    ap.add_argument("--workload", default=None,
+                    help="comma-separated: W1,W2,W3,W4,W5 (default: all five; with --quick W1,W2,W3)")
     ap.add_argument("--messages", type=int, default=None,
                     help="recipients per repetition (default: W1 and W2 100,000 as in BENCH.md; 5,000 with --quick)")
     ap.add_argument("--reps", type=int, default=None, help="repetitions (default 3; 1 with --quick)")
@@ -669,7 +669,8 @@ def main(argv: list[str] | None = None) -> int:
     RESULTS.mkdir(parents=True, exist_ok=True)
     date = dt.date.today().isoformat()
     latest: dict[str, dict[str, Any]] = {}
-    for wl in [w.strip().upper() for w in args.workload.split(",") if w.strip()]:
+    chosen = args.workload or ("W1,W2,W3" if args.quick else "W1,W2,W3,W4,W5")
+    for wl in [w.strip().upper() for w in chosen.split(",") if w.strip()]:
         if wl == "W3":  # provider-behaviour sinks; its own module and result format
             from . import w3
 
