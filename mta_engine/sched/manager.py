@@ -332,8 +332,7 @@ class Manager:
     def _dispatch_freed(self, sites: set[str]) -> None:
         """Reports just ended jobs at ``sites``: send those sites' next staged jobs now rather than
         in the next round, which first waits for its commit. A busy site's window (up to
-        ``max_connections_per_site`` jobs) then refills as its jobs end, not once per round (W2's
-        biggest site, 37% of the recipients, was held to 20 jobs per round: ~20,000 rcpt/s)."""
+        ``max_connections_per_site`` jobs) then refills as its jobs end, not once per round."""
         if not sites:
             return
         free = self.capacity()
