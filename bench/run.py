@@ -618,9 +618,12 @@ Targets on this 2-core machine: W1 ≥ 1,500 msg/s, W2 ≥ 20,000 rcpt/s.
 Targets of the project (issue 6): W1 5,000 msg/s, W2 50,000 rcpt/s at 100,000, CPU <= 0.3 ms per W1 message.
 
 Where it stands (2026-11-28, 21:41; W1 and W2 at 100,000 as BENCH.md defines them). Every goal of
-issue 6 is met on this machine. W1: 8,993 msg/s median (8,569-9,164) at 0.16-0.17 CPU ms per message
+issue 6 is met in this run. W1: 8,993 msg/s median (8,569-9,164) at 0.16-0.17 CPU ms per message
 (goals 5,000 and 0.3), 12.0x Postfix with its defaults, 0.40 of the wire limit. W2: 52,547 rcpt/s
-(51,689-52,927; goal 50,000), 6.1x Postfix with its defaults, 0.50 of the wire limit. W3: exact
+(51,689-52,927; goal 50,000), 6.1x Postfix with its defaults, 0.50 of the wire limit. W2 is at the
+goal's edge on this machine: the same command 18 minutes later gave 44,263 (41,666-44,797) with the
+engine at 0.04 CPU ms per recipient instead of 0.03, while Postfix (8,390) and the wire limit (101,316)
+did not move; 5 more runs of the same code then gave 42,939-46,407. W3: exact
 outcome counts (19,812 delivered, 188 of 188 bounced, 182 DSNs), drained in 260 s. W4: first delivery
 1.09 s after process start, 123 bytes per queued recipient, manager RSS 186 MB; the 1,000,000-recipient
 backlog drains at 65,941 rcpt/s. W5: 0 lost (seeds 1 and 2: 3,239 and 5,738 duplicates over 9 and 14
