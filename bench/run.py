@@ -36,6 +36,14 @@ from .world import SENDER, RecipientGenerator, World, batches, personalised_cont
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results"
+
+
+def results_dir(quick: bool) -> Path:
+    """Where a run's JSON and plots go: bench/results for full runs (and its README table),
+    bench/results/quick for ``--quick`` runs, which must not replace the full figures."""
+    out = RESULTS / "quick" if quick else RESULTS
+    out.mkdir(parents=True, exist_ok=True)
+    return out
 FINAL = {"Delivery", "Bounce", "Expiration", "AdminBounce"}
 BATCH = {"W1": 2000, "W2": 5000}
 SIZES = {"W1": 100_000, "W2": 100_000}
@@ -747,15 +755,19 @@ def main(argv: list[str] | None = None) -> int:
                 "wire": "smtp-source -c -d into the 8 smtp-sinks, 4 sessions each; same size, W2 recipients "
                         "per transaction = domain-mix mean (per domain, <= 100)"}
         stem = f"{wl}-{date}" if mode == "durable" else f"{wl}-relaxed-{date}"
-        (RESULTS / f"{stem}.json").write_text(json.dumps(doc, indent=1))
-        plot(wl, results, RESULTS / f"{stem}.png", unit, peer_results)
-        plot_costs(wl, results, RESULTS / f"{stem}-costs.png", peer_results)
+        out = results_dir(args.quick)
+        (out / f"{stem}.json").write_text(json.dumps(doc, indent=1))
+        plot(wl, results, out / f"{stem}.png", unit, peer_results)
+        plot_costs(wl, results, out / f"{stem}-costs.png", peer_results)
         latest[wl if mode == "durable" else f"{wl}-relaxed"] = doc
         s = doc["summary"]["rate_per_s"]
         print(f"{wl}: median {s['median']:,.0f} {unit} (min {s['min']:,.0f}, max {s['max']:,.0f}) over {reps} reps")
         for p, v in doc.get("ratios", {}).items():
             print(f"{wl}: engine/{p} = {v['median']:.2f} (min {v['min']:.2f}, max {v['max']:.2f})")
-    write_readme(latest)
+    if args.quick:
+        print(f"quick results in {results_dir(True)}; bench/results/README.md keeps the full runs' figures")
+    else:
+        write_readme(latest)
     return 0
 
 

@@ -45,7 +45,7 @@ from tests.support.engine import Engine
 from tests.support.provider_sink import (DEFAULT_BOUNCE_REPLY, DEFAULT_GREY_REPLY, DEFAULT_RATE_REPLY,
                                          ProviderSink, expected_sets)
 
-from .run import RESULTS, git_commit, machine, proc_sample
+from .run import git_commit, machine, proc_sample, results_dir
 from .world import (DNS_HOST, DOMAIN_MIX, SENDER, QuietDnsServer, RecipientGenerator, batches, common_port,
                     personalised_content, start_all, stop_all)
 
@@ -399,10 +399,10 @@ def main(argv: list[str] | None = None) -> int:
         "counts": result["counts"],
         "figures": result["figures"],
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    out = RESULTS / f"W3-{date}.json"
+    where = results_dir(args.quick)
+    out = where / f"W3-{date}.json"
     out.write_text(json.dumps(doc, indent=1))
-    plot(doc, RESULTS / f"W3-{date}.png")
+    plot(doc, where / f"W3-{date}.png")
     f, c = doc["figures"], doc["counts"]
     print(f"W3 {n:,} messages: drain {f['drain_s']:.1f} s ({f['rate_per_s']:,.0f} msg/s), delivered {c['delivered']}, "
           f"bounced {c['bounced']}/{c['expected_bounced']}, greylisted {c['greylisted']}, "

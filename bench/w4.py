@@ -36,7 +36,7 @@ import orjson
 from mta_engine.control.protocol import request
 from tests.support.engine import Engine
 
-from .run import RESULTS, LogTail, _rate_series, git_commit, machine, proc_sample, spool_bytes
+from .run import LogTail, _rate_series, git_commit, machine, proc_sample, results_dir, spool_bytes
 from .world import SENDER, RecipientGenerator, World, shared_raw_message
 
 CAMPAIGN = "bench-W4"
@@ -231,14 +231,15 @@ def main(argv: list[str] | None = None) -> int:
                       "pause": "suspend campaign via control socket, stop + restart, resume via control socket",
                       "inject_limit_s": INJECT_LIMIT_S},
            "figures": figures}
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"W4-{date}.json").write_text(json.dumps(doc, indent=1))
+    where = results_dir(args.quick)
+    (where / f"W4-{date}.json").write_text(json.dumps(doc, indent=1))
     if figures.get("rate_per_s") is not None:
-        plot(figures, RESULTS / f"W4-{date}.png")
+        plot(figures, where / f"W4-{date}.png")
     print(json.dumps({k: v for k, v in figures.items() if k != "timeline_delivery_offsets_s"}, indent=1))
-    from .run import write_readme
+    if not args.quick:
+        from .run import write_readme
 
-    write_readme({})
+        write_readme({})
     return 0 if figures.get("rate_per_s") and "error" not in figures else 1
 
 

@@ -43,7 +43,7 @@ from tests.support.engine import Engine
 from tests.support.procs import wait_for
 from tests.support.sinks import SmtpSink
 
-from .run import RESULTS, LogTail, _rate_series, _role, descendants, git_commit, machine
+from .run import LogTail, _rate_series, _role, descendants, git_commit, machine, results_dir
 from .world import SENDER, SINK_HOSTS, RecipientGenerator, World, batches, personalised_content
 
 WORKERS = 2
@@ -314,14 +314,15 @@ def main(argv: list[str] | None = None) -> int:
            "config": {"engine_workers": WORKERS, "inject_batch": BATCH, "inject_concurrency": CONCURRENCY,
                       "kill_every_s": args.every, "time_limit_s": TIME_LIMIT_S, "sinks": "smtp-sink -d (dump)"},
            "figures": figures}
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"W5-{date}.json").write_text(json.dumps(doc, indent=1))
-    plot(figures, RESULTS / f"W5-{date}.png")
+    where = results_dir(args.quick)
+    (where / f"W5-{date}.json").write_text(json.dumps(doc, indent=1))
+    plot(figures, where / f"W5-{date}.png")
     print(json.dumps({k: v for k, v in figures.items() if k not in ("timeline_delivery_offsets_s", "kill_log")},
                      indent=1))
-    from .run import write_readme
+    if not args.quick:
+        from .run import write_readme
 
-    write_readme({})
+        write_readme({})
     ok = figures["lost"] == 0 and "error" not in figures
     return 0 if ok else 1
 

@@ -1,5 +1,5 @@
-"""The bench's accounting-log reader: counting only while the clock runs, parsing after, gives
-what parsing every poll gives (counts, final timestamps, latencies), and says so when it cannot."""
+"""The bench harness: its accounting-log reader (counting only while the clock runs, parsing after,
+gives what parsing every poll gives, and says so when it cannot), and where quick runs write."""
 
 from __future__ import annotations
 
@@ -38,3 +38,11 @@ def test_lazy_tail_counts_while_running_and_parses_at_the_end(tmp_path: Path) ->
     assert (lazy.final_ts, lazy.delivery_ts, lazy.latencies, lazy.first_reception) == \
         (eager.final_ts, eager.delivery_ts, eager.latencies, eager.first_reception) == \
         ([2.0, 3.0, 3.5], [2.0, 3.5], [1.0, 2.5], 1.0)
+
+
+def test_quick_runs_write_beside_the_full_results() -> None:
+    """--quick results go to bench/results/quick (ignored by git), never over the full runs'."""
+    from bench.run import RESULTS, results_dir
+
+    assert results_dir(False) == RESULTS
+    assert results_dir(True) == RESULTS / "quick" and results_dir(True).is_dir()
