@@ -127,7 +127,7 @@ class Due:
     msg_id: int
     index: int
     rec: Recipient | QueuedAddress
-    domain: str = ""
+    domain: str
     """The recipient's domain, lower case (taken once, by the scan)."""
 
 
@@ -583,13 +583,13 @@ class Manager:
                         bad.append(dkey)  # its message record is missing or corrupt
                         continue
                     known, shared = msg_id, not msg.per_recipient
-                rec: Recipient | QueuedAddress
+                rec: Recipient | QueuedAddress | None = None
                 if value and shared:  # queued by ingest, never attempted: the address is the value
                     try:
                         rec = QueuedAddress(value.decode())
                     except UnicodeDecodeError:
-                        value = b""
-                if not (value and shared):
+                        pass  # read the record instead
+                if rec is None:
                     raw = get(rkey, db=rcpt_db)
                     if raw is None:
                         bad.append(dkey)  # stale index entry: the recipient is gone

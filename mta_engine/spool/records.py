@@ -193,7 +193,7 @@ class QueuedAddress:
 
 
 def encode_body(spec: dict[str, Any]) -> bytes:
-    return msgpack.packb({"v": SCHEMA_VERSION, **spec}, use_bin_type=True)
+    return pack({"v": SCHEMA_VERSION, **spec})
 
 
 def decode_body(data: bytes) -> dict[str, Any]:
