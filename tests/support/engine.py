@@ -128,7 +128,9 @@ class Engine:
         if not self.accounting_path.exists():
             return []
         out = []
-        for line in self.accounting_path.read_bytes().splitlines():
+        data = self.accounting_path.read_bytes()
+        # the accounting process may be half-way through a line: only whole lines are events yet
+        for line in data[:data.rfind(b"\n") + 1].splitlines():
             if line.strip():
                 ev = json.loads(line)
                 if type_ is None or ev["type"] == type_:
