@@ -12,6 +12,14 @@ It never orders hosts for an attempt (``mx.order_mx`` does, with the caller's rn
 opens SMTP connections and never logs (no structlog configuration here). Trust level: it
 parses untrusted DNS answers but only keeps names, preferences, addresses and TTLs.
 
+Transport: each query first goes as one UDP datagram to the first nameserver, from a fresh
+socket (a random source port and a random ID, as dnspython does), and ``wire.decode`` reads the
+answer when it has the usual shape: NOERROR or NXDOMAIN (or, with one nameserver, SERVFAIL and
+REFUSED). Anything else, a timeout of one try, or an error goes to dnspython's resolver with the
+time that is left (TCP after truncation, the other nameservers, retries). A lookup through the
+fast path costs a quarter to a third of the CPU (``python -m bench.dns_bench``: 54-128 µs against
+226-340 µs on the bench machine).
+
 Caching: positive answers live for their TTL clamped to [1 s, 1 day]; negative answers for
 the SOA-derived negative TTL (RFC 2308 §5) capped at ``negative_ttl_s``; transient failures
 for ``transient_ttl_s``. Concurrent lookups of one name share one query.
@@ -22,6 +30,8 @@ from __future__ import annotations
 import asyncio
 import functools
 import ipaddress
+import secrets
+import socket
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -35,6 +45,7 @@ import dns.rdatatype
 import dns.resolver
 
 from mta_engine.errors import DnsError
+from mta_engine.routing import wire
 from mta_engine.routing.mx import MxHost, MxPlan, is_null_mx, normalize_domain, site_key
 
 __all__ = ["Resolver"]
@@ -43,6 +54,7 @@ _T = TypeVar("_T")
 
 MAX_POSITIVE_TTL_S = 86_400.0  # cap: one day, whatever the zone says
 MIN_TTL_S = 1.0  # floor: a TTL of 0 must not turn the cache into a query per message
+STUB_PAUSE_S = 30.0  # after a fast-path try timed out, every query goes through dnspython this long
 
 # RFC 3463 enhanced status codes used for DNS outcomes.
 ENHANCED_NULL_MX = "5.1.10"  # RFC 7505 §4.1: recipient address has null MX
@@ -81,9 +93,10 @@ class TlsaAnswer(NamedTuple):
 
 @dataclass(frozen=True, slots=True)
 class AuthenticatedAnswer:
-    """One DO/AD query's outcome: the rdata, the AD bit, the TTL (negative TTL when empty)."""
+    """One DO/AD query's outcome: the records (decoded as ``wire.WireAnswer.items``), the AD bit,
+    the TTL (negative TTL when empty)."""
 
-    rdatas: tuple[Any, ...]
+    records: tuple[Any, ...]
     authenticated: bool
     ttl_s: float
     nxdomain: bool
@@ -92,12 +105,15 @@ class AuthenticatedAnswer:
 
 @dataclass(frozen=True, slots=True)
 class _Records:
-    """One query's outcome: record texts, their min TTL and, when empty, a negative TTL."""
+    """One query's outcome: the records (as ``wire.WireAnswer.items``), their min TTL and, when
+    empty, a negative TTL; the AD bit and the owner after CNAMEs."""
 
-    items: tuple[tuple[int, str], ...]  # (preference or 0, text)
+    items: tuple[Any, ...]
     ttl_s: float
     nxdomain: bool
     negative_ttl_s: float | None  # from the SOA in the authority section, if any
+    authenticated: bool = False
+    canonical: str = ""  # set when there are records
 
 
 class Resolver:
@@ -147,12 +163,18 @@ class Resolver:
         the AD bit of an MX host's address records (RFC 7672 §2.2.2), and the connect path has just
         looked them up; one query serves both. Set by ``DaneLookup``."""
         self._auth_a: dict[str, tuple[float, AuthenticatedAnswer]] = {}
+        self._stub = _Stub.for_nameservers(list(self._dns.nameservers), port)
+        self._stub_paused_until = 0.0  # time.monotonic(): after a fast try timed out
+        self.fast_answers = 0
+        """Queries answered by the UDP fast path."""
+        self.full_queries = 0
+        """Queries that went through dnspython's resolver (odd answers, timeouts, no fast path)."""
 
     def __repr__(self) -> str:
         return (
             f"<Resolver nameservers={list(self._dns.nameservers)!r} port={self._dns.port} "
             f"mx_cached={len(self._mx_cache)} addr_cached={len(self._addr_cache)} "
-            f"inflight={len(self._inflight)}>"
+            f"inflight={len(self._inflight)} fast={self.fast_answers} full={self.full_queries}>"
         )
 
     # ------------------------------------------------------------------ public API
@@ -208,44 +230,18 @@ class Resolver:
         SERVFAIL (a validating resolver's answer to bogus data), REFUSED and timeouts raise a
         transient ``DnsError``. Not cached here: ``routing/dane.py`` caches by ``ttl_s``."""
         answer = await self.resolve_authenticated(name, dns.rdatatype.TLSA)
-        records = tuple((int(r.usage), int(r.selector), int(r.mtype), bytes(r.cert)) for r in answer.rdatas)
-        return TlsaAnswer(records, answer.authenticated, answer.ttl_s)
+        return TlsaAnswer(answer.records, answer.authenticated, answer.ttl_s)
 
     async def resolve_authenticated(self, name: str, rdtype: dns.rdatatype.RdataType) -> AuthenticatedAnswer:
         """One uncached query with DO and AD set (RFC 6840 §5.7); the answer says whether the
         resolver validated it. The AD bit is trusted as is: ``[dns] nameservers`` must be a
         validating resolver reached over a trusted path (typically on this host), as for
         Postfix's ``smtp_dns_support_level = dnssec``. Errors map as in ``_query``."""
-        label = dns.rdatatype.to_text(rdtype)
-        resolver = self._dnssec_resolver()
-        if not resolver.nameservers:
-            raise DnsError(f"{name} {label}: no nameservers configured", permanent=False,
-                           enhanced=ENHANCED_DNS_TRANSIENT)
-        try:
-            async with self._slots:
-                answer = await resolver.resolve(name.rstrip(".") + ".", rdtype, raise_on_no_answer=False,
-                                                search=False)
-        except dns.resolver.NXDOMAIN as exc:
-            responses = list(exc.responses().values())
-            ad = bool(responses) and all(r.flags & dns.flags.AD for r in responses)
-            neg = _soa_negative_ttl(responses[0]) if responses else None
-            return AuthenticatedAnswer((), ad, neg if neg is not None else self._negative_ttl_s, nxdomain=True)
-        except dns.resolver.NoNameservers as exc:  # SERVFAIL (bogus, indeterminate) or REFUSED
-            raise DnsError(f"{name} {label}: nameservers failed", permanent=False,
-                           enhanced=ENHANCED_DNS_TRANSIENT) from exc
-        except dns.exception.Timeout as exc:
-            raise DnsError(f"{name} {label}: timed out", permanent=False, enhanced=ENHANCED_DNS_TRANSIENT) from exc
-        except dns.exception.DNSException as exc:
-            raise DnsError(f"{name} {label}: {type(exc).__name__}: {exc}", permanent=False,
-                           enhanced=ENHANCED_DNS_TRANSIENT) from exc
-        ad = bool(answer.response.flags & dns.flags.AD)
-        rrset = answer.rrset
-        if rrset is None:
-            neg = _soa_negative_ttl(answer.response)
-            return AuthenticatedAnswer((), ad, neg if neg is not None else self._negative_ttl_s, nxdomain=False)
-        ttl_s = float(min([rrset.ttl, *(r.ttl for r in answer.response.answer)]))
-        canonical = _name_text(answer.canonical_name)
-        return AuthenticatedAnswer(tuple(rrset), ad, ttl_s, nxdomain=False, canonical=canonical)
+        got = await self._query(name.rstrip("."), rdtype, dnssec=True)
+        if not got.items:
+            ttl_s = got.negative_ttl_s if got.negative_ttl_s is not None else self._negative_ttl_s
+            return AuthenticatedAnswer((), got.authenticated, ttl_s, nxdomain=got.nxdomain)
+        return AuthenticatedAnswer(got.items, got.authenticated, got.ttl_s, nxdomain=False, canonical=got.canonical)
 
     async def _query_a_authenticated(self, name: str) -> _Records:
         """The address lookup's A query, asked with DO+AD; the answer is kept for DANE."""
@@ -255,10 +251,9 @@ class Resolver:
         while len(keep) >= min(self._max_entries, 10_000):  # unclaimed (DANE off for that domain)
             keep.pop(next(iter(keep)))
         keep[name] = (self._clock() + max(answer.ttl_s, MIN_TTL_S), answer)
-        if not answer.rdatas:  # its TTL is the negative one (SOA, else ``negative_ttl_s``)
+        if not answer.records:  # its TTL is the negative one (SOA, else ``negative_ttl_s``)
             return _Records((), 0.0, nxdomain=answer.nxdomain, negative_ttl_s=answer.ttl_s)
-        return _Records(tuple((0, str(r.address)) for r in answer.rdatas), answer.ttl_s, nxdomain=False,
-                        negative_ttl_s=None)
+        return _Records(answer.records, answer.ttl_s, nxdomain=False, negative_ttl_s=None)
 
     async def take_authenticated_a(self, name: str) -> AuthenticatedAnswer:
         """``name``'s A records with the AD bit: the answer the address lookup just got, if it is
@@ -394,7 +389,7 @@ class Resolver:
             if records.negative_ttl_s is not None:
                 ttl_s = min(records.negative_ttl_s, ttl_s)
             return _Entry(self._clock() + max(ttl_s, MIN_TTL_S), [])
-        return self._positive([text for _, text in records.items], records.ttl_s)
+        return self._positive(list(records.items), records.ttl_s)
 
     async def _addresses(
         self, name: str, *, ipv6: bool = True
@@ -418,7 +413,7 @@ class Resolver:
             elif isinstance(res, BaseException):
                 raise res
             elif res.items:
-                found.extend(text for _, text in res.items)
+                found.extend(res.items)
                 ttls.append(res.ttl_s)
             elif negative is None or res.nxdomain:
                 negative = res
@@ -428,55 +423,159 @@ class Resolver:
             raise error
         return None, negative
 
-    async def _query(self, name: str, rdtype: dns.rdatatype.RdataType) -> _Records:
-        """One query; dnspython exceptions become DnsError here and nowhere else."""
+    async def _query(self, name: str, rdtype: dns.rdatatype.RdataType, *, dnssec: bool = False) -> _Records:
+        """One query (``dnssec``: with DO and AD, through the twin resolver); the fast path first,
+        then dnspython. dnspython exceptions become DnsError here and nowhere else."""
         label = dns.rdatatype.to_text(rdtype)
-        if not self._dns.nameservers:
-            raise DnsError(
-                f"{name} {label}: no nameservers configured",
-                permanent=False,
-                enhanced=ENHANCED_DNS_TRANSIENT,
-            )
+        resolver = self._dnssec_resolver() if dnssec else self._dns
+        if not resolver.nameservers:
+            raise DnsError(f"{name} {label}: no nameservers configured", permanent=False,
+                           enhanced=ENHANCED_DNS_TRANSIENT)
+        async with self._slots:
+            lifetime = float(resolver.lifetime)
+            stub = self._stub
+            if stub is not None and time.monotonic() >= self._stub_paused_until:
+                started = time.monotonic()
+                got = await stub.ask(name, int(rdtype), dnssec, float(resolver.timeout))
+                if isinstance(got, wire.WireAnswer):
+                    self.fast_answers += 1
+                    return self._from_wire(name, label, got, stub)
+                if got is _TIMED_OUT:
+                    self._stub_paused_until = time.monotonic() + STUB_PAUSE_S
+                lifetime = max(0.1, lifetime - (time.monotonic() - started))
+            self.full_queries += 1
+            return await self._query_full(resolver, name, rdtype, label, lifetime)
+
+    def _from_wire(self, name: str, label: str, got: wire.WireAnswer, stub: _Stub) -> _Records:
+        if got.rcode in (wire.SERVFAIL, wire.REFUSED):  # only with a single nameserver: as dnspython
+            cause = _StubFailure(f"{'SERVFAIL' if got.rcode == wire.SERVFAIL else 'REFUSED'} from {stub.peer}")
+            raise DnsError(f"{name} {label}: nameservers failed", permanent=False,
+                           enhanced=ENHANCED_DNS_TRANSIENT) from cause
+        if not got.items:
+            return _Records((), 0.0, nxdomain=got.rcode == wire.NXDOMAIN, negative_ttl_s=got.negative_ttl_s,
+                            authenticated=got.authenticated)
+        return _Records(got.items, got.ttl_s, nxdomain=False, negative_ttl_s=None,
+                        authenticated=got.authenticated, canonical=got.canonical)
+
+    async def _query_full(self, resolver: dns.asyncresolver.Resolver, name: str, rdtype: dns.rdatatype.RdataType,
+                          label: str, lifetime: float) -> _Records:
+        """The query through dnspython's resolver (retries, TCP, every nameserver) within ``lifetime``."""
         try:
-            async with self._slots:
-                answer = await self._dns.resolve(
-                    name + ".", rdtype, raise_on_no_answer=False, search=False
-                )
+            answer = await resolver.resolve(name + ".", rdtype, raise_on_no_answer=False, search=False,
+                                            lifetime=lifetime)
         except dns.resolver.NXDOMAIN as exc:
             responses = list(exc.responses().values())
             neg = _soa_negative_ttl(responses[0]) if responses else None
-            return _Records((), 0.0, nxdomain=True, negative_ttl_s=neg)
+            ad = bool(responses) and all(r.flags & dns.flags.AD for r in responses)
+            return _Records((), 0.0, nxdomain=True, negative_ttl_s=neg, authenticated=ad)
         except dns.resolver.NoNameservers as exc:  # SERVFAIL/REFUSED from every server
-            raise DnsError(
-                f"{name} {label}: nameservers failed",
-                permanent=False,
-                enhanced=ENHANCED_DNS_TRANSIENT,
-            ) from exc
+            raise DnsError(f"{name} {label}: nameservers failed", permanent=False,
+                           enhanced=ENHANCED_DNS_TRANSIENT) from exc
         except dns.exception.Timeout as exc:
-            raise DnsError(
-                f"{name} {label}: timed out", permanent=False, enhanced=ENHANCED_DNS_TRANSIENT
-            ) from exc
+            raise DnsError(f"{name} {label}: timed out", permanent=False, enhanced=ENHANCED_DNS_TRANSIENT) from exc
         except dns.exception.DNSException as exc:  # YXDOMAIN, malformed answers, ...
-            raise DnsError(
-                f"{name} {label}: {type(exc).__name__}: {exc}",
-                permanent=False,
-                enhanced=ENHANCED_DNS_TRANSIENT,
-            ) from exc
+            raise DnsError(f"{name} {label}: {type(exc).__name__}: {exc}", permanent=False,
+                           enhanced=ENHANCED_DNS_TRANSIENT) from exc
+        ad = bool(answer.response.flags & dns.flags.AD)
         rrset = answer.rrset
         if rrset is None:
-            negative_ttl_s = _soa_negative_ttl(answer.response)
-            return _Records((), 0.0, nxdomain=False, negative_ttl_s=negative_ttl_s)
+            return _Records((), 0.0, nxdomain=False, negative_ttl_s=_soa_negative_ttl(answer.response),
+                            authenticated=ad)
         # The smallest TTL along the answer, CNAME chain included.
         ttl_s = float(min([rrset.ttl, *(r.ttl for r in answer.response.answer)]))
-        items: list[tuple[int, str]] = []
+        items: list[Any] = []
         for rdata in rrset:
             if rdtype == dns.rdatatype.MX:
                 items.append((int(rdata.preference), _name_text(rdata.exchange)))
             elif rdtype == dns.rdatatype.TXT:  # one record may be split into several strings
-                items.append((0, b"".join(rdata.strings).decode("utf-8", "replace")))
+                items.append(b"".join(rdata.strings).decode("utf-8", "replace"))
+            elif rdtype == dns.rdatatype.TLSA:
+                items.append((int(rdata.usage), int(rdata.selector), int(rdata.mtype), bytes(rdata.cert)))
             else:
-                items.append((0, str(rdata.address)))
-        return _Records(tuple(items), ttl_s, nxdomain=False, negative_ttl_s=None)
+                items.append(str(rdata.address))
+        return _Records(tuple(items), ttl_s, nxdomain=False, negative_ttl_s=None, authenticated=ad,
+                        canonical=_name_text(answer.canonical_name))
+
+
+class _StubFailure(Exception):
+    """The cause of a DnsError decided by the fast path (the nameserver's SERVFAIL or REFUSED)."""
+
+
+_TIMED_OUT: Any = object()  # ``_Stub.ask``: no answer within the try's timeout
+
+
+class _Stub:
+    """The UDP fast path: one datagram per query to the first nameserver, from a fresh socket
+    (the kernel picks a random source port), with a random ID; ``wire.decode`` reads the answer.
+    ``ask`` returns a ``wire.WireAnswer``, or None / ``_TIMED_OUT`` for the caller to ask dnspython.
+    """
+
+    __slots__ = ("family", "address", "port", "peer", "single")
+
+    def __init__(self, address: str, port: int, single: bool) -> None:
+        self.family = socket.AF_INET6 if ":" in address else socket.AF_INET
+        self.address, self.port = address, port
+        self.peer = f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
+        self.single = single  # the only nameserver: its SERVFAIL/REFUSED is the final word
+
+    @classmethod
+    def for_nameservers(cls, nameservers: list[Any], port: int) -> _Stub | None:
+        """A stub for the first nameserver when it is an IP address (not a DoH URL), else None."""
+        if not nameservers or not isinstance(nameservers[0], str):
+            return None
+        try:
+            address = str(ipaddress.ip_address(nameservers[0]))
+        except ValueError:
+            return None
+        return cls(address, port, single=len(nameservers) == 1)
+
+    async def ask(self, name: str, rdtype: int, dnssec: bool, timeout_s: float) -> Any:
+        qid = secrets.randbits(16)
+        try:
+            query = wire.encode_query(qid, name, rdtype, dnssec=dnssec)
+        except ValueError:
+            return None
+        loop = asyncio.get_running_loop()
+        sock = socket.socket(self.family, socket.SOCK_DGRAM)
+        try:
+            sock.setblocking(False)
+            sock.connect((self.address, self.port))  # only this peer's datagrams reach the socket
+            done: asyncio.Future[Any] = loop.create_future()
+            single = self.single
+
+            def readable() -> None:
+                while not done.done():
+                    try:
+                        data = sock.recv(65535)
+                    except BlockingIOError:
+                        return
+                    except OSError:  # ICMP port unreachable (ECONNREFUSED) and the like
+                        done.set_result(None)
+                        return
+                    got = wire.decode(data, qid, name, rdtype)
+                    if got is wire.NOT_OURS:
+                        continue
+                    if isinstance(got, wire.WireAnswer) and got.rcode in (wire.SERVFAIL, wire.REFUSED) \
+                            and not single:
+                        got = None  # the other nameservers may answer: dnspython asks them
+                    done.set_result(got)
+
+            fd = sock.fileno()
+            loop.add_reader(fd, readable)
+            try:
+                sock.send(query)
+                async with asyncio.timeout(timeout_s):
+                    return await done
+            except TimeoutError:
+                return _TIMED_OUT
+            except OSError:
+                return None
+            finally:
+                loop.remove_reader(fd)
+        except OSError:
+            return None
+        finally:
+            sock.close()
 
 
 def _name_text(name: object) -> str:

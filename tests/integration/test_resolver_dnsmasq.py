@@ -7,6 +7,7 @@ import itertools
 import random
 import time
 from collections.abc import Iterator
+import socket
 from typing import Any
 
 import dns.message
@@ -58,6 +59,12 @@ def _zone() -> DnsServer:
         null_mx=["nullmx.test"],
         servfail=["fail.test"],
         ttl_s=TTL_S,
+        raw=[
+            # six TXT records of 255 letters: more than fits a UDP answer (dnsmasq sets TC), so TCP
+            *(("_mta-sts.big.test", 16, bytes([255]) + bytes([ord("a") + i]) * 255) for i in range(6)),
+            # an exchange whose first label holds a space: text needs an escape (\032)
+            ("escaped.test", 15, b"\x00\x0a" + b"\x07mx\x20host\x07escaped\x04test\x00"),
+        ],
     )
 
 
@@ -274,3 +281,53 @@ def test_repr_shows_cache_sizes(dns_server: DnsServer) -> None:
     text = repr(resolver)
     assert f"port={dns_server.port}" in text
     assert "mx_cached=1" in text
+
+
+# ------------------------------------------------------------------ the UDP fast path and its fallback
+
+
+def test_plain_answers_take_the_fast_path(dns_server: DnsServer) -> None:
+    """MX, A and TXT answers of the usual shape are read without dnspython's resolver."""
+    resolver = _resolver(dns_server)
+
+    async def run() -> None:
+        await resolver.resolve_mx("ordered.test")
+        await resolver.resolve_addresses("mx1.ordered.test")
+        await resolver.resolve_txt("_mta-sts.ordered.test")
+
+    asyncio.run(run())
+    assert (resolver.fast_answers, resolver.full_queries) == (4, 0)  # MX, A, AAAA, TXT
+
+
+def test_truncated_answer_is_asked_again_over_tcp(dns_server: DnsServer) -> None:
+    """A TXT answer too big for UDP comes back truncated; dnspython gets the whole of it over TCP."""
+    resolver = _resolver(dns_server)
+    texts = asyncio.run(resolver.resolve_txt("_mta-sts.big.test"))
+    assert sorted(texts) == [chr(ord("a") + i) * 255 for i in range(6)]
+    assert (resolver.fast_answers, resolver.full_queries) == (0, 1)
+
+
+def test_name_the_fast_path_cannot_write_is_read_by_dnspython(dns_server: DnsServer) -> None:
+    """An exchange that needs an escape in text form is left to dnspython, which writes it as before."""
+    resolver = _resolver(dns_server)
+    plan = asyncio.run(resolver.resolve_mx("escaped.test"))
+    assert plan.hosts == (MxHost(10, "mx\\032host.escaped.test"),)
+    assert (resolver.fast_answers, resolver.full_queries) == (0, 1)
+
+
+def test_silent_first_nameserver_sends_queries_to_dnspython(dns_server: DnsServer) -> None:
+    """The first nameserver swallows queries: after one try's timeout dnspython asks the second, and
+    the fast path stays off for a while (no try's timeout paid per query)."""
+    silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    silent.bind(("127.0.0.98", dns_server.port))  # bound, never read: every query is lost
+    try:
+        resolver = Resolver(nameservers=["127.0.0.98", dns_server.host], port=dns_server.port, timeout_s=2.0)
+
+        async def run() -> tuple[MxPlan, MxPlan]:
+            return await resolver.resolve_mx("ordered.test"), await resolver.resolve_mx("farm.test")
+
+        ordered, farm = asyncio.run(run())
+    finally:
+        silent.close()
+    assert ordered.hosts[0] == MxHost(10, "mx1.ordered.test") and len(farm.hosts) == 4
+    assert (resolver.fast_answers, resolver.full_queries) == (0, 2)

@@ -59,7 +59,10 @@ class DnsServer(ServiceHarness):
         ttl_s: int = 60,
         listen: str = "127.0.0.1",
         port: int | None = None,
+        raw: Iterable[tuple[str, int, bytes]] = (),
     ) -> None:
+        self.raw = list(raw)
+        """Records given as (owner, type, rdata wire bytes): shapes the other arguments cannot make."""
         self.mx = {d: list(hosts) for d, hosts in mx.items()}
         self.a = {n: [v] if isinstance(v, str) else list(v) for n, v in a.items()}
         self.null_mx = list(null_mx)
@@ -113,6 +116,7 @@ class DnsServer(ServiceHarness):
         # RFC 7505 null MX: rdata = 16-bit preference 0 + the root name (a single zero octet).
         lines += [f"dns-rr={domain},15,000000" for domain in self.null_mx]
         lines += [f"server=/{domain}/#" for domain in self.servfail]
+        lines += [f"dns-rr={owner},{rtype},{rdata.hex()}" for owner, rtype, rdata in self.raw]
         return "\n".join(lines) + "\n"
 
     def start(self, timeout_s: float = 10.0) -> DnsServer:

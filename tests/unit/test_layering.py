@@ -13,7 +13,7 @@ PURE = ["smtp/reply.py", "smtp/body.py", "smtp/events.py", "smtp/_state.py", "sm
         "sched/backoff.py", "delivery/outcome.py", "routing/mx.py", "spool/records.py", "model.py",
         "template/render.py", "ingest/inject.py", "dsn/status.py", "dsn/report.py", "sched/retry.py",
         "sched/throttle.py", "sched/window.py", "sched/site.py", "sched/limits.py", "sched/fairness.py",
-        "sched/signals.py", "sched/ready.py", "smtp/address.py", "smtp/transaction.py"]
+        "sched/signals.py", "sched/ready.py", "smtp/address.py", "smtp/transaction.py", "routing/wire.py"]
 
 
 def imported(path: Path) -> set[str]:
