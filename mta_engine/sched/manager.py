@@ -10,7 +10,7 @@ A tick: take the results that arrived -> scan the due index for up to the free w
 resolve each destination's MX set (its *site*) -> send jobs (sticky least-loaded shard per site)
 -> one transaction: apply results, fail what DNS or max age rules out -> write the log.
 A lease is held in memory: a recipient in flight keeps its due entry, which the scan skips
-(``_leased``) until its outcome is committed; nothing is written when a job goes out, and after a
+(``_taken``: from staging until its outcome is committed); nothing is written when a job goes out, and after a
 crash the recipient is simply due. A worker that disconnects, or leaves a job unanswered for
 ``[queue] lease_s``, has its jobs returned to the queue at once (no attempt counted).
 """
@@ -174,8 +174,12 @@ class Manager:
         """Due recipients whose destination's MX lookup is still running."""
         self._mx_tasks: dict[str, asyncio.Future[Any]] = {}
         self._waiting: set[bytes] = set()
-        self._leased: set[bytes] = set()
-        """Recipient keys handed to workers (or returned) whose outcome is not committed yet."""
+        """Recipient keys in ``_dns_wait``."""
+        self._taken: set[bytes] = set()
+        """Recipient keys staged in the ready queues, or handed to workers (or returned), whose
+        outcome is not committed yet: the scan skips them. One set for both, so a dispatch moves
+        nothing (a recipient leaves it after the commit that applies its outcome, ``_unlease``,
+        or when its staged job is taken out of the queues, ``_sweep_expired``)."""
         self._rescan_from: bytes | None = None
         """The earliest due entry a scan passed without staging (lookup pending, flow full)."""
         self._rescan_dns = False
@@ -440,7 +444,7 @@ class Manager:
         free = self.capacity()  # reports that came during the awaits above may have dispatched already
         jobs_by_shard, sent = self._dispatch(free, now) if free else ({}, [])
         # Nothing is written for a job that goes out: its recipients keep their due entries and are
-        # in ``_leased`` (the scan skips them) until the commit that applies their outcomes.
+        # in ``_taken`` (the scan skips them) until the commit that applies their outcomes.
         self._send_jobs(jobs_by_shard, now_ms)
         for job in sent:
             self.ready.release(job)
@@ -472,7 +476,6 @@ class Manager:
     def _send_jobs(self, jobs_by_shard: dict[int, list[dict[str, Any]]], now_ms: int) -> None:
         """Hand the round's jobs to their workers and remember them (what each must answer for)."""
         expiry_ms = now_ms + self.writer.lease_ms
-        leased = self._leased
         for shard, jobs in jobs_by_shard.items():
             metas = [job.pop("_meta") for job in jobs]
             link = self.workers.get(shard)
@@ -486,22 +489,20 @@ class Manager:
                         lane.on_result(self.clock(), "returned")
                     for idx, (_, _, dkey) in meta.items():
                         self._returns.append(Result(job["msg"], idx, 0, site=job["site"], dkey=dkey))
-                        leased.add(dkey[8:])
                 continue
             for job, meta in zip(jobs, metas):
                 link.jobs[job["id"]] = (job["msg"], list(meta), job["site"])
                 self._job_meta[job["id"]] = (expiry_ms, meta)
                 link.inflight += len(meta)
-                leased.update(dkey[8:] for _, _, dkey in meta.values())
 
     def _unlease(self, results: list[Result], returns: list[Result], delivered: list[Delivered]) -> None:
         """After the commit that applied them: these recipients are no longer in flight."""
-        leased = self._leased
+        taken = self._taken
         for r in (*results, *returns):
-            leased.discard(r.dkey[8:] if r.dkey is not None else records.rcpt_key(r.msg_id, r.index))
+            taken.discard(r.dkey[8:] if r.dkey is not None else records.rcpt_key(r.msg_id, r.index))
         for g in delivered:
             for m in g.members:
-                leased.discard(m[3][8:])
+                taken.discard(m[3][8:])
 
     def _expire_leases(self, now_ms: int) -> None:
         """A job its worker has not answered within ``[queue] lease_s``: its recipients are due
@@ -549,7 +550,7 @@ class Manager:
         out: list[Due] = []
         bad: list[bytes] = []
         dbs = self.spool.dbs
-        waiting, leased, ready = self._waiting, self._leased, self.ready
+        waiting, taken = self._waiting, self._taken
         split, decode, message = records.split_due_key, Recipient.decode, self.writer.message
         rcpt_db = dbs["rcpt"]
         known, shared = -1, False  # the last message found (a scan meets one message's run at a time)
@@ -575,7 +576,7 @@ class Manager:
                     self._cursor = dkey  # continue here next round
                     break
                 rkey = dkey[8:]  # = records.rcpt_key(msg_id, index)
-                if rkey in waiting or rkey in leased or ready.is_staged(rkey):
+                if rkey in taken or rkey in waiting:
                     continue
                 if msg_id != known:
                     msg = message(txn, msg_id)
@@ -813,7 +814,9 @@ class Manager:
                 acc = merged[(msg_id, plan.site, alone)] = _Merge(flow, msg.per_recipient, step)
             acc.spans.append((domain, len(acc.items)))
             acc.items.extend((d.dkey, d.index, d.rec) for d in ds)
+        taken_keys = self._taken
         for (msg_id, site, _), acc in merged.items():
+            taken_keys.update(it[0][8:] for it in acc.items)
             for k in range(0, len(acc.items), acc.step):
                 domains = acc.domains_in(k, k + acc.step)
                 self.ready.stage(StagedJob(msg_id, domains[0], site, acc.flow, acc.per_recipient,
@@ -933,6 +936,7 @@ class Manager:
             return msg is not None and is_expired(msg.created_ms / 1000, now, max_age)
 
         for job in self.ready.remove_where(old):
+            self._taken.difference_update(dkey[8:] for dkey, _, _ in job.items)  # the expiry commits this round
             st = self.sites.get(job.site)
             fails.append(([(dkey, job.msg_id, idx) for dkey, idx, _ in job.items], self._expiry_failure(job.site, st)))
         return fails

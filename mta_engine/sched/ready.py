@@ -65,25 +65,22 @@ class ReadyQueues:
         self.total_max = total_max
         self._queues: dict[str, FairQueue[StagedJob]] = {}
         self._flow_count: dict[tuple[str, Flow], int] = {}
-        self._keys: set[bytes] = set()
+        self._staged = 0  # recipients in the queues (held jobs included); which ones, the manager knows
         self.held: list[StagedJob] = []
 
     def __len__(self) -> int:
-        return len(self._keys)
+        return self._staged
 
     def __repr__(self) -> str:
-        return (f"<ReadyQueues staged={len(self._keys)} sites={len(self._queues)} flows={len(self._flow_count)} "
+        return (f"<ReadyQueues staged={self._staged} sites={len(self._queues)} flows={len(self._flow_count)} "
                 f"held={sum(len(j.items) for j in self.held)}>")
 
     @property
     def full(self) -> bool:
-        return len(self._keys) >= self.total_max
-
-    def is_staged(self, rkey: bytes) -> bool:
-        return rkey in self._keys
+        return self._staged >= self.total_max
 
     def room(self, site: str, flow: Flow) -> int:
-        return max(0, min(self.flow_max - self._flow_count.get((site, flow), 0), self.total_max - len(self._keys)))
+        return max(0, min(self.flow_max - self._flow_count.get((site, flow), 0), self.total_max - self._staged))
 
     def stage(self, job: StagedJob, *, counted: bool = False) -> None:
         """Add a job (its recipients count against the flow and total bounds)."""
@@ -94,8 +91,7 @@ class ReadyQueues:
         if not counted:
             key = (job.site, job.flow)
             self._flow_count[key] = self._flow_count.get(key, 0) + len(job.items)
-            for it in job.items:
-                self._keys.add(it[0][8:])
+            self._staged += len(job.items)
 
     def sites(self) -> list[str]:
         return [s for s, q in self._queues.items() if len(q)]
@@ -125,8 +121,7 @@ class ReadyQueues:
             self._flow_count[key] = left
         else:
             self._flow_count.pop(key, None)
-        for it in job.items:
-            self._keys.discard(it[0][8:])
+        self._staged -= len(job.items)
 
     def hold(self, job: StagedJob) -> None:
         self.held.append(job)

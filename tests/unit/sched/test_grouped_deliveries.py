@@ -163,5 +163,5 @@ def test_manager_takes_a_worker_report_grouped_by_reply(tmp_path: Path) -> None:
     asyncio.run(mgr.tick())
     acct.close()
     assert mgr.totals.delivered == 4 and mgr.totals.bounced == 1
-    assert spool.stat()["rcpt"] == 0 and not mgr._leased
+    assert spool.stat()["rcpt"] == 0 and not mgr._taken
     spool.close()

@@ -51,7 +51,7 @@ def test_outcomes_end_the_lease_and_a_new_manager_sends_what_was_in_flight(tmp_p
         {"id": job["id"], "results": [[a[0], 250, "2.0.0", "ok", "payload", False]], "mx": "m", "ip": "127.0.0.1",
          "tls": None, "partial": True}]})
     asyncio.run(mgr.tick())
-    assert len(due_entries(spool)) == 1 and mgr._leased == {records.rcpt_key(job["msg"], b[0])}
+    assert len(due_entries(spool)) == 1 and mgr._taken == {records.rcpt_key(job["msg"], b[0])}
     acct.close()
     # the manager dies with b in flight; its successor sends b at once, with no attempt counted
     from mta_engine.obs.accounting import AccountingLog
