@@ -84,6 +84,7 @@ def test_recipients_on_every_path_expire_by_max_age(world) -> None:
     assert {r[1] for j in link.jobs() for r in j["rcpts"]} >= {"a@inflight.test"}
     assert not {"c@slow.test", "d@slow.test"} & {r[1] for j in link.jobs() for r in j["rcpts"]}  # throttled
     assert spool.stat()["rcpt"] == 0  # nothing stuck
+    assert not mgr._taken and len(mgr.ready) == 0  # no key left behind by the sweep, the stage or a lease
 
 
 def test_expiry_is_not_early(world) -> None:
