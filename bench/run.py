@@ -625,30 +625,31 @@ Targets on this 2-core machine: W1 ≥ 1,500 msg/s, W2 ≥ 20,000 rcpt/s.
 
 Targets of the project (issue 6): W1 5,000 msg/s, W2 50,000 rcpt/s at 100,000, CPU <= 0.3 ms per W1 message.
 
-Where it stands (2026-11-28, 21:41; W1 and W2 at 100,000 as BENCH.md defines them). Every goal of
-issue 6 is met in this run. W1: 8,993 msg/s median (8,569-9,164) at 0.16-0.17 CPU ms per message
-(goals 5,000 and 0.3), 12.0x Postfix with its defaults, 0.40 of the wire limit. W2: 52,547 rcpt/s
-(51,689-52,927; goal 50,000), 6.1x Postfix with its defaults, 0.50 of the wire limit. W2 is at the
-goal's edge on this machine: the same command 18 minutes later gave 44,263 (41,666-44,797) with the
-engine at 0.04 CPU ms per recipient instead of 0.03, while Postfix (8,390) and the wire limit (101,316)
-did not move; 5 more runs of the same code then gave 42,939-46,407. W3: exact
+Where it stands (2026-11-28, 23:10; W1 and W2 at 100,000 as BENCH.md defines them). Every goal of
+issue 6 is met in this run. W1: 9,462 msg/s median (9,276-10,168) at 0.15-0.16 CPU ms per message
+(goals 5,000 and 0.3), 12.9x Postfix with its defaults, 0.44 of the wire limit. W2: 58,847 rcpt/s
+(57,970-59,028; goal 50,000), 7.1x Postfix with its defaults, 0.56 of the wire limit, 0.025 CPU ms per
+recipient. Since the 21:41 run (W2 52,547) DNS queries take a UDP fast path (a quarter of dnspython's
+CPU per lookup; a cold W2 run asks 2,653 queries) and the manager keeps one set of taken recipients;
+measured alternately against the code before, W2 went from 45,432 to 53,538 rcpt/s in a slow phase of
+this machine (bench/results/OPTIMIZATIONS.md). This machine's speed drifts by 15-20% within a session:
+at 21:59 the code of the 21:41 run gave 44,263 rcpt/s while Postfix (8,390) and the wire limit
+(101,316) were where they are now (8,330 and 102,927), so compare the ratios of one run. W3: exact
 outcome counts (19,812 delivered, 188 of 188 bounced, 182 DSNs), drained in 260 s. W4: first delivery
 1.09 s after process start, 123 bytes per queued recipient, manager RSS 186 MB; the 1,000,000-recipient
 backlog drains at 65,941 rcpt/s. W5: 0 lost (seeds 1 and 2: 3,239 and 5,738 duplicates over 9 and 14
-kills). Relaxed (no fsync): W1 10,684 msg/s, W2 63,979 rcpt/s. This machine's speed drifts by 15-20%
-within a session (four W2 runs of this code in one world, 20 minutes before: 46,448-55,408 rcpt/s),
-so compare the ratios of one run, and see bench/results/OPTIMIZATIONS.md for each change measured
-alternately against the code before it.
+kills). Relaxed (no fsync): W1 10,684 msg/s, W2 63,979 rcpt/s (W3-W5 and relaxed figures are from the
+code of 21:41).
 
-What limits W2 now (py-spy --gil per process, /proc/stat every 100 ms, the manager's round log):
-- The manager is the serial stage. Its rounds take one message's 5,000 recipients each (`[queue]
-  scan_batch`); a round is about 90 ms under load (scan 12-20 ms, routing 15-27 ms, commit 15-60 ms).
-  Its CPU per 100,000 recipients is 1.0-1.25 s, of which a sixth is MX lookups through dnspython.
-- Both cores are busy 1.6-2.0 of the time; the engine uses 0.028-0.033 CPU ms per recipient over all
-  its processes, and the 8 smtp-sinks, dnsmasq and the harness about 0.9 s more per run.
-- The first 0.25-0.3 s delivers nothing: ingest commits the first requests while every process fills a
-  cold DNS cache (994 MX and 994 MTA-STS TXT lookups, 665 A lookups that also serve DANE), about 200 us
-  of dnspython CPU each.
+What limits W2 now (py-spy per process, /proc/stat, the manager's round log and microbenchmark):
+- CPU: both cores are busy nearly all the run. The engine uses 0.025 CPU ms per recipient over all its
+  processes (manager 0.8-0.9 s, the two workers 1.2-1.3 s together, ingest 0.3 s per 100,000), and the
+  8 smtp-sinks, dnsmasq and the harness about 0.9 s more per run.
+- The manager is the serial stage: each round takes one message's 5,000 recipients (`[queue]
+  scan_batch`), scans, routes and dispatches them, and commits the outcomes that came back.
+- In the workers, a 19-recipient transaction costs the SMTP client ~140 us (`python -m
+  bench.client_bench`), of which ~16 us per socket write (two per transaction with DATA); the rest
+  is jobs, reports, sessions (about 360 per run) and the MTA-STS and address lookups.
 Raw per-repetition figures, config and machine info are in the JSON files; plots of delivered per
 second (one line per repetition; engine and Postfix on one chart, wire limit as a dashed line) in the
 PNG files.
