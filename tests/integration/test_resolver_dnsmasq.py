@@ -331,3 +331,33 @@ def test_silent_first_nameserver_sends_queries_to_dnspython(dns_server: DnsServe
         silent.close()
     assert ordered.hosts[0] == MxHost(10, "mx1.ordered.test") and len(farm.hosts) == 4
     assert (resolver.fast_answers, resolver.full_queries) == (0, 2)
+
+
+def _ipv6_loopback_port() -> int | None:
+    """A free UDP+TCP port on ::1, or None when this host has no IPv6 loopback."""
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as tcp:
+            tcp.bind(("::1", 0))
+            port: int = tcp.getsockname()[1]
+            with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as udp:
+                udp.bind(("::1", port))
+        return port
+    except OSError:
+        return None
+
+
+def test_fast_path_over_an_ipv6_nameserver() -> None:
+    """A resolver on ::1 is asked over IPv6 by the fast path, and answers the same."""
+    port = _ipv6_loopback_port()
+    if port is None:
+        pytest.skip("no IPv6 loopback on this host")
+    with DnsServer(mx={"six.test": [(10, "mx.six.test")]}, a={"mx.six.test": "127.0.0.61"}, listen="::1",
+                   port=port) as server:
+        resolver = Resolver(nameservers=["::1"], port=server.port, timeout_s=2.0, ipv6=False)
+
+        async def run() -> tuple[MxPlan, list[str]]:
+            return await resolver.resolve_mx("six.test"), await resolver.resolve_addresses("mx.six.test")
+
+        plan, addrs = asyncio.run(run())
+    assert plan.hosts == (MxHost(10, "mx.six.test"),) and addrs == ["127.0.0.61"]
+    assert (resolver.fast_answers, resolver.full_queries) == (2, 0)
