@@ -635,16 +635,18 @@ measured alternately against the code before, W2 went from 45,432 to 53,538 rcpt
 this machine (bench/results/OPTIMIZATIONS.md). This machine's speed drifts by 15-20% within a session:
 at 21:59 the code of the 21:41 run gave 44,263 rcpt/s while Postfix (8,390) and the wire limit
 (101,316) were where they are now (8,330 and 102,927), so compare the ratios of one run. W3: exact
-outcome counts (19,812 delivered, 188 of 188 bounced, 182 DSNs), drained in 260 s. W4: first delivery
-1.09 s after process start, 123 bytes per queued recipient, manager RSS 186 MB; the 1,000,000-recipient
-backlog drains at 65,941 rcpt/s. W5: 0 lost (seeds 1 and 2: 3,239 and 5,738 duplicates over 9 and 14
-kills). Relaxed (no fsync): W1 10,684 msg/s, W2 63,979 rcpt/s (W3-W5 and relaxed figures are from the
-code of 21:41).
+outcome counts (19,812 delivered, 188 of 188 bounced, 179 DSNs carrying the 188 report lines), drained
+in 263 s. W4: first delivery 1.13 s after process start, 123 bytes per queued recipient, manager RSS
+198 MB; the 1,000,000-recipient backlog drains at 63,359 rcpt/s. W5: 0 lost (seeds 1 and 2: 4,116 and
+5,950 duplicates over 9 and 14 kills). Relaxed (no fsync, run 10 minutes later): W1 9,034 msg/s, W2
+61,278 rcpt/s; durable and relaxed W2 alternated in one world gave 54,803 and 54,404 rcpt/s medians,
+so fsync no longer limits W2, the CPU does.
 
 What limits W2 now (py-spy per process, /proc/stat, the manager's round log and microbenchmark):
-- CPU: both cores are busy nearly all the run. The engine uses 0.025 CPU ms per recipient over all its
-  processes (manager 0.8-0.9 s, the two workers 1.2-1.3 s together, ingest 0.3 s per 100,000), and the
-  8 smtp-sinks, dnsmasq and the harness about 0.9 s more per run.
+- CPU: both cores are busy 1.5-2.0 of the time (1.8 on average). The engine uses 0.025-0.028 CPU ms
+  per recipient over all its processes (manager 0.9-1.0 s, the two workers 1.2-1.4 s together, ingest
+  0.3 s, accounting 0.1 s per 100,000); inside the measured window the 8 smtp-sinks use 0.4 s, dnsmasq
+  0.06 s and the harness 0.06 s.
 - The manager is the serial stage: each round takes one message's 5,000 recipients (`[queue]
   scan_batch`), scans, routes and dispatches them, and commits the outcomes that came back.
 - In the workers, a 19-recipient transaction costs the SMTP client ~140 us (`python -m
