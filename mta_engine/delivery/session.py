@@ -810,8 +810,18 @@ class SmtpSession:
             self._check_rset(await self._reply(timeouts.mail_s, ReplyTimeout, "rset"))
         result.mail = await self._reply(timeouts.mail_s, ReplyTimeout, "mail")
         result.phase = "rcpt"
+        conn, rcpts = self._conn, result.rcpts
         for index, _ in plan.rcpts:
-            result.rcpts[index] = await self._reply(timeouts.rcpt_s, ReplyTimeout, "rcpt")
+            # the group's replies usually came in one read: take those already here without a
+            # coroutine each (``_reply`` waits, with the timeout, only when one is not)
+            event = conn.next_event()
+            if type(event) is Replied:
+                reply = event.reply
+                if reply.code == _CLOSING:
+                    raise ServerClosingError(reply, "rcpt")
+            else:
+                reply = await self._reply(timeouts.rcpt_s, ReplyTimeout, "rcpt")
+            rcpts[index] = reply
         result.phase = "data"
         if chunks:
             await self._send_chunks(result, chunks, first_sent=True)
