@@ -625,17 +625,19 @@ Targets on this 2-core machine: W1 ≥ 1,500 msg/s, W2 ≥ 20,000 rcpt/s.
 
 Targets of the project (issue 6): W1 5,000 msg/s, W2 50,000 rcpt/s at 100,000, CPU <= 0.3 ms per W1 message.
 
-Where it stands (2026-11-28, 23:10; W1 and W2 at 100,000 as BENCH.md defines them). Every goal of
-issue 6 is met in this run. W1: 9,462 msg/s median (9,276-10,168) at 0.15-0.16 CPU ms per message
-(goals 5,000 and 0.3), 12.9x Postfix with its defaults, 0.44 of the wire limit. W2: 58,847 rcpt/s
-(57,970-59,028; goal 50,000), 7.1x Postfix with its defaults, 0.56 of the wire limit, 0.025 CPU ms per
-recipient. Since the 21:41 run (W2 52,547) DNS queries take a UDP fast path (a quarter of dnspython's
-CPU per lookup; a cold W2 run asks 2,653 queries) and the manager keeps one set of taken recipients;
-measured alternately against the code before, W2 went from 45,432 to 53,538 rcpt/s in a slow phase of
-this machine (bench/results/OPTIMIZATIONS.md). This machine's speed drifts by 15-20% within a session:
-at 21:59 the code of the 21:41 run gave 44,263 rcpt/s while Postfix (8,390) and the wire limit
-(101,316) were where they are now (8,330 and 102,927), so compare the ratios of one run. W3: exact
-outcome counts (19,812 delivered, 188 of 188 bounced, 179 DSNs carrying the 188 report lines), drained
+Where it stands (2026-11-28, 23:45, commit b5762c4; W1 and W2 at 100,000 as BENCH.md defines them).
+Every goal of issue 6 is met in this run. W1: 9,817 msg/s median (8,157-10,293) at 0.14-0.18 CPU ms
+per message (goals 5,000 and 0.3), 12.9x Postfix with its defaults, 0.46 of the wire limit. W2: 62,774
+rcpt/s (61,055-64,579; goal 50,000), 7.6x Postfix with its defaults, 0.59 of the wire limit, 0.024 CPU
+ms per recipient. Since the 21:41 run (W2 52,547) DNS queries take a UDP fast path (a quarter of
+dnspython's CPU per lookup; a cold W2 run asks 2,653 queries), the manager keeps one set of taken
+recipients, and the SMTP client reads already-received RCPT replies without a coroutine each; the
+session's first and last commits alternated in one world gave 56,205 and 70,435 rcpt/s medians (and
+the DNS change alone, in a slow phase, 45,432 -> 53,538; bench/results/OPTIMIZATIONS.md). This
+machine's speed drifts by 15-20% within a session: at 21:59 the code of the 21:41 run gave 44,263
+rcpt/s while Postfix (8,390) and the wire limit (101,316) were where they are now (8,318 and 105,881),
+so compare the ratios of one run. W3, W4, W5 and the relaxed runs used the code before the last change
+(the RCPT replies). W3: exact outcome counts (19,812 delivered, 188 of 188 bounced, 179 DSNs carrying the 188 report lines), drained
 in 263 s. W4: first delivery 1.13 s after process start, 123 bytes per queued recipient, manager RSS
 198 MB; the 1,000,000-recipient backlog drains at 63,359 rcpt/s. W5: 0 lost (seeds 1 and 2: 4,116 and
 5,950 duplicates over 9 and 14 kills). Relaxed (no fsync, run 10 minutes later): W1 9,034 msg/s, W2
@@ -643,13 +645,13 @@ in 263 s. W4: first delivery 1.13 s after process start, 123 bytes per queued re
 so fsync no longer limits W2, the CPU does.
 
 What limits W2 now (py-spy per process, /proc/stat, the manager's round log and microbenchmark):
-- CPU: both cores are busy 1.5-2.0 of the time (1.8 on average). The engine uses 0.025-0.028 CPU ms
-  per recipient over all its processes (manager 0.9-1.0 s, the two workers 1.2-1.4 s together, ingest
+- CPU: both cores are busy 1.5-2.0 of the time (1.8 on average). The engine uses 0.023-0.028 CPU ms
+  per recipient over all its processes (manager 0.8-1.0 s, the two workers 1.1-1.4 s together, ingest
   0.3 s, accounting 0.1 s per 100,000); inside the measured window the 8 smtp-sinks use 0.4 s, dnsmasq
   0.06 s and the harness 0.06 s.
 - The manager is the serial stage: each round takes one message's 5,000 recipients (`[queue]
   scan_batch`), scans, routes and dispatches them, and commits the outcomes that came back.
-- In the workers, a 19-recipient transaction costs the SMTP client ~140 us (`python -m
+- In the workers, a 19-recipient transaction costs the SMTP client ~125 us (`python -m
   bench.client_bench`), of which ~16 us per socket write (two per transaction with DATA); the rest
   is jobs, reports, sessions (about 360 per run) and the MTA-STS and address lookups.
 Raw per-repetition figures, config and machine info are in the JSON files; plots of delivered per
