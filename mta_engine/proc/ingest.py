@@ -67,9 +67,6 @@ async def ingest_main(cfg: Config) -> int:
     app.router.add_post(path, handler)
     runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=30)
     await runner.setup()
-    host, _, port = cfg.http.listen.rpartition(":")
-    site = web.TCPSite(runner, host.strip("[]"), int(port), reuse_address=True)
-    await site.start()
     submission = (await start_submission(committer, cfg.submission, loop, hostname=cfg.ehlo_name)
                   if cfg.submission.listen else None)
     inbound = None
@@ -80,6 +77,10 @@ async def ingest_main(cfg: Config) -> int:
         classifier = Classifier.from_files(*cfg.bounce.rules, include_default=cfg.bounce.default_rules)
         inbound = await start_inbound(committer, cfg.inbound, origin=origin, classifier=classifier,
                                       hostname=cfg.ehlo_name)
+    # The HTTP listener goes last: once /health answers, every listener of this process accepts.
+    host, _, port = cfg.http.listen.rpartition(":")
+    site = web.TCPSite(runner, host.strip("[]"), int(port), reuse_address=True)
+    await site.start()
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, lambda: None)

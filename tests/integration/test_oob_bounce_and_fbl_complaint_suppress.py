@@ -95,7 +95,9 @@ def test_oob_bounce_and_complaint_are_logged_and_suppress(mail, tmp_path: Path) 
 
 def test_inbound_listener_offers_starttls_and_records_reports_over_it(mail, tmp_path: Path) -> None:
     """[inbound] tls_cert/tls_key: STARTTLS is advertised (RFC 3207), a report sent after it is
-    taken as usual, and a client that stays in plaintext is still served (bounces must get through)."""
+    taken as usual, and a client that stays in plaintext is still served (bounces must get through).
+    It connects as soon as the engine is ready: ingest's /health answers only once its inbound
+    listener accepts (it once failed here with "connection refused" when HTTP came up first)."""
     import ssl
 
     from tests.support.certs import make_certs
