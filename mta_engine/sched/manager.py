@@ -10,8 +10,8 @@ A tick: take the results that arrived -> scan the due index for up to the free w
 resolve each destination's MX set (its *site*) -> send jobs (sticky least-loaded shard per site)
 -> one transaction: apply results, fail what DNS or max age rules out -> write the log.
 A lease is held in memory: a recipient in flight keeps its due entry, which the scan skips
-(``_taken``: from staging until its outcome is committed); nothing is written when a job goes out, and after a
-crash the recipient is simply due. A worker that disconnects, or leaves a job unanswered for
+(``_taken``: from staging until its outcome is committed); nothing is written when a job goes out,
+and after a crash the recipient is simply due. A worker that disconnects, or leaves a job unanswered for
 ``[queue] lease_s``, has its jobs returned to the queue at once (no attempt counted).
 """
 
@@ -496,7 +496,7 @@ class Manager:
                 link.inflight += len(meta)
 
     def _unlease(self, results: list[Result], returns: list[Result], delivered: list[Delivered]) -> None:
-        """After the commit that applied them: these recipients are no longer in flight."""
+        """After the commit that applied them: these recipients are no longer taken (in flight)."""
         taken = self._taken
         for r in (*results, *returns):
             taken.discard(r.dkey[8:] if r.dkey is not None else records.rcpt_key(r.msg_id, r.index))
@@ -936,7 +936,7 @@ class Manager:
             return msg is not None and is_expired(msg.created_ms / 1000, now, max_age)
 
         for job in self.ready.remove_where(old):
-            self._taken.difference_update(dkey[8:] for dkey, _, _ in job.items)  # the expiry commits this round
+            self._taken.difference_update(dkey[8:] for dkey, _, _ in job.items)  # expired in this round's commit
             st = self.sites.get(job.site)
             fails.append(([(dkey, job.msg_id, idx) for dkey, idx, _ in job.items], self._expiry_failure(job.site, st)))
         return fails
