@@ -810,18 +810,12 @@ class SmtpSession:
             self._check_rset(await self._reply(timeouts.mail_s, ReplyTimeout, "rset"))
         result.mail = await self._reply(timeouts.mail_s, ReplyTimeout, "mail")
         result.phase = "rcpt"
-        conn, rcpts = self._conn, result.rcpts
+        rcpts = result.rcpts
         for index, _ in plan.rcpts:
             # the group's replies usually came in one read: take those already here without a
             # coroutine each (``_reply`` waits, with the timeout, only when one is not)
-            event = conn.next_event()
-            if type(event) is Replied:
-                reply = event.reply
-                if reply.code == _CLOSING:
-                    raise ServerClosingError(reply, "rcpt")
-            else:
-                reply = await self._reply(timeouts.rcpt_s, ReplyTimeout, "rcpt")
-            rcpts[index] = reply
+            reply = self._reply_now("rcpt")
+            rcpts[index] = reply if reply is not None else await self._reply(timeouts.rcpt_s, ReplyTimeout, "rcpt")
         result.phase = "data"
         if chunks:
             await self._send_chunks(result, chunks, first_sent=True)
@@ -903,27 +897,30 @@ class SmtpSession:
             raise NetworkError(f"connection to {self.peer} lost") from self._proto.lost_exc
         self._transport.write(data)
 
-    async def _reply(self, timeout_s: float, timeout_exc: type[DeliveryTimeout], phase: str) -> Reply:
-        """Return the next reply; raise on timeout, EOF, protocol error, or 421."""
-        conn = self._conn
-        event = conn.next_event()
+    def _reply_now(self, phase: str) -> Reply | None:
+        """The next reply if it has been read already, else None (nothing consumed); raises on a
+        closed connection, a protocol error or a 421, as ``_reply``."""
+        event = self._conn.next_event()
+        if event is NEED_DATA:
+            return None
         if type(event) is not Replied:
-            try:
-                async with asyncio.timeout(timeout_s):
-                    while type(event) is not Replied:
-                        if event is NEED_DATA:
-                            await self._proto.wait_data()
-                        else:
-                            raise NetworkError(
-                                f"connection closed by {self.peer} during {phase}"
-                            ) from self._proto.lost_exc
-                        event = conn.next_event()
-            except TimeoutError as exc:
-                raise timeout_exc(f"no {phase} reply from {self.peer} within {timeout_s}s") from exc
-        assert isinstance(event, Replied)
+            raise NetworkError(f"connection closed by {self.peer} during {phase}") from self._proto.lost_exc
         reply = event.reply
         if reply.code == _CLOSING:
             raise ServerClosingError(reply, phase)
+        return reply
+
+    async def _reply(self, timeout_s: float, timeout_exc: type[DeliveryTimeout], phase: str) -> Reply:
+        """Return the next reply; raise on timeout, EOF, protocol error, or 421."""
+        reply = self._reply_now(phase)
+        if reply is None:
+            try:
+                async with asyncio.timeout(timeout_s):
+                    while reply is None:
+                        await self._proto.wait_data()
+                        reply = self._reply_now(phase)
+            except TimeoutError as exc:
+                raise timeout_exc(f"no {phase} reply from {self.peer} within {timeout_s}s") from exc
         return reply
 
     async def _quit_best_effort(self) -> None:

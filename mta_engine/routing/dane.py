@@ -34,7 +34,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-
 from mta_engine.delivery.dane import TlsaRecord, usable
 from mta_engine.errors import DnsError
 from mta_engine.routing.resolver import Resolver

@@ -173,13 +173,13 @@ class Manager:
         self._dns_wait: dict[str, list[Due]] = {}
         """Due recipients whose destination's MX lookup is still running."""
         self._mx_tasks: dict[str, asyncio.Future[Any]] = {}
-        self._waiting: set[bytes] = set()
-        """Recipient keys in ``_dns_wait``."""
         self._taken: set[bytes] = set()
-        """Recipient keys staged in the ready queues, or handed to workers (or returned), whose
-        outcome is not committed yet: the scan skips them. One set for both, so a dispatch moves
-        nothing (a recipient leaves it after the commit that applies its outcome, ``_unlease``,
-        or when its staged job is taken out of the queues, ``_sweep_expired``)."""
+        """Recipient keys the manager holds: waiting for their MX lookup (``_dns_wait``), staged in
+        the ready queues, or handed to workers (or returned) with their outcome not committed yet.
+        The scan skips them. One set for all, so staging and dispatch move nothing; a recipient
+        leaves it after the commit that applies its outcome (``_unlease``), when its staged job is
+        taken out of the queues (``_sweep_expired``), or when its lookup ends (``tick``; staging
+        puts it back)."""
         self._rescan_from: bytes | None = None
         """The earliest due entry a scan passed without staging (lookup pending, flow full)."""
         self._rescan_dns = False
@@ -424,7 +424,7 @@ class Manager:
         now = self.clock()
         now_ms = int(now * 1000)
         t0 = time.perf_counter()
-        if free and not self.ready.full and len(self._waiting) < self.ready.total_max:
+        if free and not self.ready.full and sum(map(len, self._dns_wait.values())) < self.ready.total_max:
             limit = min(self.cfg.queue.scan_batch, self.ready.total_max - len(self.ready))
             due = await loop.run_in_executor(self._executor, self._scan_due, now_ms, limit, now)
         fails: list[Any] = []
@@ -437,7 +437,7 @@ class Manager:
         plans = await self._resolve({d.domain for d in due} | set(self._dns_wait))
         for domain in [d for d in self._dns_wait if d in plans]:
             held = self._dns_wait.pop(domain)
-            self._waiting.difference_update(d.dkey[8:] for d in held)
+            self._taken.difference_update(d.dkey[8:] for d in held)  # staged again below, or failed
             due.extend(held)
         t2 = time.perf_counter()
         fails.extend(self._stage(due, plans, now))
@@ -550,7 +550,7 @@ class Manager:
         out: list[Due] = []
         bad: list[bytes] = []
         dbs = self.spool.dbs
-        waiting, taken = self._waiting, self._taken
+        taken = self._taken
         split, decode, message = records.split_due_key, Recipient.decode, self.writer.message
         rcpt_db = dbs["rcpt"]
         known, shared = -1, False  # the last message found (a scan meets one message's run at a time)
@@ -576,7 +576,7 @@ class Manager:
                     self._cursor = dkey  # continue here next round
                     break
                 rkey = dkey[8:]  # = records.rcpt_key(msg_id, index)
-                if rkey in taken or rkey in waiting:
+                if rkey in taken:
                     continue
                 if msg_id != known:
                     msg = message(txn, msg_id)
@@ -600,7 +600,7 @@ class Manager:
                     except SpoolCorrupt:
                         bad.append(dkey)
                         continue
-                out.append(Due(dkey, msg_id, index, rec, rec.address.rpartition("@")[2].lower()))
+                out.append(Due(dkey, msg_id, index, rec, rec.domain))
         if bad:
             with self.spool.write() as wtxn:
                 for dkey in bad:
@@ -774,7 +774,7 @@ class Manager:
             groups.setdefault((d.msg_id, d.domain), []).append(d)
         fails: list[tuple[list[tuple[bytes, int, int]], dict[str, Any]]] = []
         merged: dict[tuple[int, str, str | None], _Merge] = {}
-        taken: dict[tuple[str, Any], int] = {}
+        flow_used: dict[tuple[str, Any], int] = {}  # recipients staged per (site, flow) in this call
         own_policy = self.cfg.tls.per_domain
         for (msg_id, domain), ds in groups.items():
             plan = plans.get(domain)
@@ -783,7 +783,7 @@ class Manager:
                 continue
             if plan is None:  # lookup still running: hold them here (not re-read from the spool)
                 self._dns_wait.setdefault(domain, []).extend(ds)
-                self._waiting.update(d.dkey[8:] for d in ds)
+                self._taken.update(d.dkey[8:] for d in ds)
                 continue
             if isinstance(plan, DnsError):
                 code = 550 if plan.permanent else 451
@@ -799,13 +799,13 @@ class Manager:
                 fails.append(([(d.dkey, d.msg_id, d.index) for d in ds], self._expiry_failure(plan.site, st)))
                 continue
             flow = (msg.priority, msg.tenant, msg.campaign)
-            room = self.ready.room(plan.site, flow) - taken.get((plan.site, flow), 0)
+            room = self.ready.room(plan.site, flow) - flow_used.get((plan.site, flow), 0)
             if len(ds) > room:  # the flow has enough ready: the rest waits in the due index
                 self._note_rescan(ds[room].dkey, flow=(plan.site, flow))
                 ds = ds[:room]
             if not ds:
                 continue
-            taken[(plan.site, flow)] = taken.get((plan.site, flow), 0) + len(ds)
+            flow_used[(plan.site, flow)] = flow_used.get((plan.site, flow), 0) + len(ds)
             alone = domain if domain in own_policy or domain in self.suspensions["domain"] else None
             acc = merged.get((msg_id, plan.site, alone))
             if acc is None:
@@ -814,9 +814,9 @@ class Manager:
                 acc = merged[(msg_id, plan.site, alone)] = _Merge(flow, msg.per_recipient, step)
             acc.spans.append((domain, len(acc.items)))
             acc.items.extend((d.dkey, d.index, d.rec) for d in ds)
-        taken_keys = self._taken
+        taken = self._taken
         for (msg_id, site, _), acc in merged.items():
-            taken_keys.update(it[0][8:] for it in acc.items)
+            taken.update(it[0][8:] for it in acc.items)
             for k in range(0, len(acc.items), acc.step):
                 domains = acc.domains_in(k, k + acc.step)
                 self.ready.stage(StagedJob(msg_id, domains[0], site, acc.flow, acc.per_recipient,

@@ -191,6 +191,8 @@ class QueuedAddress:
     def __repr__(self) -> str:
         return f"QueuedAddress({self.address!r})"
 
+    domain = Recipient.domain
+
 
 def encode_body(spec: dict[str, Any]) -> bytes:
     return pack({"v": SCHEMA_VERSION, **spec})

@@ -11,7 +11,8 @@ Named databases:
     msg      message id -> Message record
     body     message id -> content spec (raw message or builder fields, template flag)
     rcpt     recipient key -> Recipient record (removed when the recipient reaches a final state)
-    due      due key (due ms + recipient key) -> b"" : the scheduler's work list, ordered by time
+    due      due key (due ms + recipient key) -> b"", or the address of a recipient queued by ingest
+             for a shared body without DSN parameters: the scheduler's work list, ordered by time
     inflight recipient key -> u64 lease expiry ms: leases written by versions before leases moved to
              the manager's memory; emptied at manager start (their recipients made due now)
     outbox   last event sequence of a batch -> the batch of accounting events (one record per
